@@ -1,0 +1,48 @@
+# keel — two commands on a fresh Debian 12: `make run` and `make test`.
+# Every target installs what it needs first (scripts/install-deps.sh is idempotent and quick when all is there).
+
+SHELL := /bin/bash
+JOBS ?= $(shell nproc)
+DEMO_DB ?= build/demo/keel-demo.db
+
+.PHONY: all deps build build-release run test test-unit test-tsan bench format clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cmake --preset dev
+	cmake --build --preset dev -j $(JOBS)
+
+build-release: deps
+	cmake --preset release
+	cmake --build --preset release -j $(JOBS)
+
+# The main job on the embedded default (SQLite): an end-to-end demo of the event store and the seed 004 aggregate.
+run: build-release
+	@mkdir -p $(dir $(DEMO_DB))
+	build/release/examples/user_aggregate/user_aggregate $(DEMO_DB)
+
+# Every test (unit, conformance, crash, install), built with ASan + UBSan.
+test: build
+	ctest --preset dev
+
+# Only the tests that need no server.
+test-unit: build
+	ctest --preset dev -L unit
+
+test-tsan: deps
+	cmake --preset tsan
+	cmake --build --preset tsan -j $(JOBS)
+	ctest --preset tsan -L unit
+
+bench: build-release
+	scripts/run-bench.sh build/release
+
+format:
+	find include src tools examples tests bench -name '*.[ch]pp' | xargs clang-format -i
+
+clean:
+	rm -rf build

@@ -1,0 +1,100 @@
+#pragma once
+// The narrow interface every event-store backend implements. The EventStore front (src/store/event_store.cpp)
+// validates input, fills event ids, batches appends (group commit), applies stream-metadata visibility and runs
+// subscriptions; a backend only stores and fetches rows.
+//
+// Thread-safety a backend must provide: AppendBatch and the other write methods are called by one thread at a
+// time (the front serializes writers); read methods may be called concurrently with each other and with writes.
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "keel/event_store.hpp"
+
+namespace keel::detail {
+
+// One Append call inside a group-commit batch. The front fills the inputs; the backend fills `result`.
+struct AppendRequest {
+    std::string_view stream;
+    ExpectedVersion expected = ExpectedVersion::Any();
+    std::span<const EventData> events;  // every event_id is non-nil and distinct
+    Result<AppendResult> result = Status::Internal("append not processed");
+};
+
+// A range of one stream, with the visibility already computed by the front.
+struct StreamRange {
+    ReadDirection direction = ReadDirection::kForward;
+    int64_t from_version = 0;          // inclusive; for kBackward the highest version wanted
+    int64_t min_version = 0;           // lowest visible version
+    std::optional<int64_t> min_recorded_at;
+    std::optional<int64_t> max_position;
+    std::optional<int64_t> max_recorded_at;
+    size_t limit = 0;  // 0: no limit
+};
+
+// What a stored event looks like to the idempotency check.
+struct StoredEventRef {
+    int64_t global_position = 0;
+    std::string stream_id;
+    int64_t stream_version = 0;
+    std::string type;
+    std::string data;
+    std::string metadata;
+};
+
+class StoreBackend {
+public:
+    virtual ~StoreBackend() = default;
+
+    // Applies every request in one transaction (on the backends that have transactions), in order, each checked
+    // against the stream versions left by the requests before it. A request that fails leaves no trace and does
+    // not affect the others. If the transaction as a whole fails, every request gets that error.
+    virtual void AppendBatch(std::span<AppendRequest* const> batch) = 0;
+
+    virtual Result<std::vector<RecordedEvent>> ReadStreamRange(std::string_view stream, const StreamRange& range) = 0;
+    virtual Result<ReadAllSlice> ReadAll(const ReadAllOptions& options) = 0;
+    virtual Result<int64_t> HeadPosition() = 0;
+
+    virtual Result<std::optional<StreamInfo>> GetStream(std::string_view stream) = 0;
+    virtual Result<std::vector<StreamInfo>> ListStreams(std::string_view after, size_t limit) = 0;
+    virtual Status SetStreamMetadata(std::string_view stream, const StreamMetadata& metadata) = 0;
+    virtual Status DeleteStream(std::string_view stream, ExpectedVersion expected, DeleteMode mode) = 0;
+
+    virtual Status SaveSnapshot(const Snapshot& snapshot) = 0;
+    virtual Result<std::optional<Snapshot>> LoadSnapshot(std::string_view stream) = 0;
+
+    virtual Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) = 0;
+    virtual Status SaveCheckpoint(std::string_view name, int64_t position) = 0;
+
+    virtual Result<StoreStats> Stats() = 0;
+};
+
+// Shared by the backends: decides what an append whose event ids are (partly) stored already means.
+// `lookup` returns the stored event with that id, if any. Returns:
+// - nullopt: none of the ids is stored (the append is new);
+// - an AppendResult with already_present: every id is stored, in order, contiguously in `stream`, with the same
+//   type/data/metadata, at positions consistent with `expected` (an idempotent re-send);
+// - kInvalidArgument naming the first id that is stored differently or elsewhere (or partially re-sent).
+Result<std::optional<AppendResult>> MatchStoredAppend(
+    std::string_view stream, ExpectedVersion expected, std::span<const EventData> events,
+    const std::function<Result<std::optional<StoredEventRef>>(const Uuid&)>& lookup);
+
+// The version an append's expectation is checked against: -1 for a missing, never-written or soft-deleted stream.
+inline int64_t EffectiveVersion(const StreamInfo* info) {
+    if (info == nullptr || info->state != StreamState::kActive) return -1;
+    return info->version;
+}
+
+// kStreamDeleted for a tombstone, kWrongExpectedVersion (with the actual version) when `expected` does not match,
+// else OK. `info` is null for a stream the store has never seen.
+Status CheckExpected(std::string_view stream, ExpectedVersion expected, const StreamInfo* info);
+
+// Microseconds since the Unix epoch, UTC, from the system clock.
+int64_t NowMicros();
+
+}  // namespace keel::detail

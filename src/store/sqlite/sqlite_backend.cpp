@@ -1,0 +1,749 @@
+#include "store/sqlite/sqlite_backend.hpp"
+
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+#include "store/sqlite/schema.hpp"
+#include "store/sqlite/sqlite_db.hpp"
+
+namespace keel::detail {
+namespace {
+
+using sqlite::Db;
+using sqlite::Stmt;
+using sqlite::StmtReset;
+using sqlite::ToStatus;
+
+constexpr std::string_view kEventColumns =
+    "global_position, event_id, stream_id, stream_version, type, data, metadata, recorded_at";
+
+Result<RecordedEvent> DecodeEvent(const Stmt& st) {
+    RecordedEvent e;
+    e.global_position = st.Int(0);
+    auto id = Uuid::FromBytes(st.Blob(1));
+    if (!id.ok()) {
+        return Status::Corruption(
+            fmt::format("event at global position {} has a malformed event_id: {}", e.global_position,
+                        id.status().message()));
+    }
+    e.event_id = *id;
+    e.stream_id = std::string(st.Text(2));
+    e.stream_version = st.Int(3);
+    e.type = std::string(st.Text(4));
+    e.data = std::string(st.Blob(5));
+    e.metadata = std::string(st.Text(6));
+    e.recorded_at = st.Int(7);
+    return e;
+}
+
+StreamInfo DecodeStream(const Stmt& st) {
+    // stream_id, version, state, max_count, max_age_us, truncate_before, custom_metadata, updated_at
+    StreamInfo info;
+    info.stream_id = std::string(st.Text(0));
+    info.version = st.Int(1);
+    info.state = static_cast<StreamState>(st.Int(2));
+    info.metadata.max_count = st.OptInt(3);
+    if (auto age = st.OptInt(4)) info.metadata.max_age = std::chrono::microseconds(*age);
+    info.metadata.truncate_before = st.OptInt(5);
+    info.metadata.custom = std::string(st.Text(6));
+    info.updated_at = st.Int(7);
+    return info;
+}
+
+constexpr std::string_view kStreamColumns =
+    "stream_id, version, state, max_count, max_age_us, truncate_before, custom_metadata, updated_at";
+
+// A read-only connection borrowed from the pool for one call; returned on destruction.
+class ReaderPool;
+
+struct Reader {
+    std::unique_ptr<Db> db;
+    Stmt stream_fwd, stream_bwd, all_plain, head, get_stream, lookup_snapshot, begin, commit;
+};
+
+class ReaderPool {
+public:
+    ReaderPool(std::string path, std::chrono::milliseconds busy) : path_(std::move(path)), busy_(busy) {}
+
+    class Lease {
+    public:
+        Lease(ReaderPool& pool, std::unique_ptr<Reader> r) : pool_(pool), r_(std::move(r)) {}
+        ~Lease() { pool_.Release(std::move(r_)); }
+        Lease(const Lease&) = delete;
+        Lease& operator=(const Lease&) = delete;
+        Reader* operator->() { return r_.get(); }
+        Reader& operator*() { return *r_; }
+
+    private:
+        ReaderPool& pool_;
+        std::unique_ptr<Reader> r_;
+    };
+
+    Result<std::unique_ptr<Lease>> Acquire() {
+        {
+            std::lock_guard lock(mu_);
+            if (!free_.empty()) {
+                auto r = std::move(free_.back());
+                free_.pop_back();
+                return std::make_unique<Lease>(*this, std::move(r));
+            }
+        }
+        auto r = Open();
+        if (!r.ok()) return r.status();
+        return std::make_unique<Lease>(*this, std::move(*r));
+    }
+
+private:
+    Result<std::unique_ptr<Reader>> Open() {
+        auto db = Db::Open(path_, SQLITE_OPEN_READONLY);
+        if (!db.ok()) return db.status();
+        auto r = std::make_unique<Reader>();
+        r->db = std::move(*db);
+        sqlite3_busy_timeout(r->db->get(), static_cast<int>(busy_.count()));
+        KEEL_RETURN_IF_ERROR(r->db->Exec("PRAGMA cache_size=-16384"));
+        const std::string range_filters =
+            " AND (?3 IS NULL OR recorded_at >= ?3) AND (?4 IS NULL OR global_position <= ?4)"
+            " AND (?5 IS NULL OR recorded_at <= ?5)";
+        struct {
+            Stmt* stmt;
+            std::string sql;
+        } stmts[] = {
+            {&r->stream_fwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version >= ?2"
+                                         "{} ORDER BY stream_version ASC LIMIT ?6",
+                                         kEventColumns, range_filters)},
+            {&r->stream_bwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version <= ?2"
+                                         " AND stream_version >= ?7{} ORDER BY stream_version DESC LIMIT ?6",
+                                         kEventColumns, range_filters)},
+            {&r->all_plain, fmt::format("SELECT {} FROM keel_events WHERE global_position >= ?1 AND "
+                                        "global_position <= ?2 ORDER BY global_position ASC LIMIT ?3",
+                                        kEventColumns)},
+            {&r->head, "SELECT COALESCE(MAX(global_position), 0) FROM keel_events"},
+            {&r->get_stream, fmt::format("SELECT {} FROM keel_streams WHERE stream_id = ?1", kStreamColumns)},
+            {&r->lookup_snapshot,
+             "SELECT stream_id, version, type, data, recorded_at FROM keel_snapshots WHERE stream_id = ?1"},
+            {&r->begin, "BEGIN"},
+            {&r->commit, "COMMIT"},
+        };
+        for (auto& s : stmts) {
+            auto st = r->db->PreparePersistent(s.sql);
+            if (!st.ok()) return st.status();
+            *s.stmt = std::move(*st);
+        }
+        return r;
+    }
+
+    void Release(std::unique_ptr<Reader> r) {
+        if (!r) return;
+        std::lock_guard lock(mu_);
+        if (free_.size() < 8) free_.push_back(std::move(r));
+    }
+
+    std::string path_;
+    std::chrono::milliseconds busy_;
+    std::mutex mu_;
+    std::vector<std::unique_ptr<Reader>> free_;
+};
+
+// Runs `fn` inside a read transaction so that its statements see one snapshot.
+template <class F>
+auto InReadTxn(Reader& r, F&& fn) -> decltype(fn()) {
+    if (Status s = r.begin.Exec("BEGIN (read)"); !s.ok()) return s;
+    auto result = fn();
+    (void)r.commit.Exec("COMMIT (read)");
+    return result;
+}
+
+class SqliteBackend final : public StoreBackend {
+public:
+    SqliteBackend(std::string path, std::unique_ptr<Db> writer, const StoreOptions& options)
+        : path_(std::move(path)), writer_(std::move(writer)), readers_(path_, options.busy_timeout) {}
+
+    Status Prepare() {
+        struct {
+            Stmt* stmt;
+            std::string sql;
+        } stmts[] = {
+            {&begin_, "BEGIN IMMEDIATE"},
+            {&commit_, "COMMIT"},
+            {&rollback_, "ROLLBACK"},
+            {&savepoint_, "SAVEPOINT keel_append"},
+            {&release_, "RELEASE keel_append"},
+            {&rollback_to_, "ROLLBACK TO keel_append"},
+            {&get_stream_, fmt::format("SELECT {} FROM keel_streams WHERE stream_id = ?1", kStreamColumns)},
+            {&insert_event_,
+             "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+             "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+            {&upsert_version_,
+             "INSERT INTO keel_streams (stream_id, version, state, updated_at) VALUES (?1, ?2, 0, ?3) "
+             "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, state = 0, "
+             "updated_at = excluded.updated_at"},
+            {&lookup_id_,
+             "SELECT global_position, stream_id, stream_version, type, data, metadata FROM keel_events "
+             "WHERE event_id = ?1"},
+            {&last_recorded_, "SELECT recorded_at FROM keel_events ORDER BY global_position DESC LIMIT 1"},
+        };
+        for (auto& s : stmts) {
+            auto st = writer_->PreparePersistent(s.sql);
+            if (!st.ok()) return st.status();
+            *s.stmt = std::move(*st);
+        }
+        return Status::Ok();
+    }
+
+    void AppendBatch(std::span<AppendRequest* const> batch) override {
+        std::lock_guard lock(write_mu_);
+        auto fail_all = [&](const Status& s) {
+            for (AppendRequest* r : batch) r->result = s;
+        };
+        if (!sticky_.ok()) return fail_all(sticky_);
+        if (Status s = begin_.Exec("BEGIN IMMEDIATE"); !s.ok()) return fail_all(s);
+
+        int64_t now = NowMicros();
+        {
+            StmtReset reset(last_recorded_);
+            const int rc = last_recorded_.Step();
+            if (rc == SQLITE_ROW) {
+                now = std::max(now, last_recorded_.Int(0));
+            } else if (rc != SQLITE_DONE) {
+                Status s = ToStatus(rc, writer_->get(), "reading the last recorded_at");
+                (void)rollback_.Exec("ROLLBACK");
+                return fail_all(s);
+            }
+        }
+        const bool savepoints = batch.size() > 1;
+        bool any_written = false;
+        for (AppendRequest* r : batch) {
+            if (savepoints) {
+                if (Status s = savepoint_.Exec("SAVEPOINT"); !s.ok()) {
+                    r->result = s;
+                    continue;
+                }
+            }
+            bool wrote = false;
+            r->result = AppendOne(*r, now, wrote);
+            if (savepoints) {
+                if (!r->result.ok() && wrote) (void)rollback_to_.Exec("ROLLBACK TO");
+                (void)release_.Exec("RELEASE");
+            }
+            if (r->result.ok() && !r->result->already_present) any_written = true;
+        }
+        if (!savepoints && !batch.front()->result.ok()) {
+            (void)rollback_.Exec("ROLLBACK");
+            return;
+        }
+        if (!any_written) {
+            (void)rollback_.Exec("ROLLBACK");  // nothing to make durable
+            return;
+        }
+        const int rc = commit_.Step();
+        commit_.Reset();
+        if (rc != SQLITE_DONE) {
+            Status s = ToStatus(rc, writer_->get(), "COMMIT of appended events");
+            if (!sqlite3_get_autocommit(writer_->get())) (void)rollback_.Exec("ROLLBACK");
+            const int primary = rc & 0xFF;
+            if (primary != SQLITE_BUSY && primary != SQLITE_LOCKED) {
+                sticky_ = Status::FailedPrecondition(
+                    fmt::format("an earlier commit failed ({}); the store refuses writes until it is reopened",
+                                s.message()));
+            }
+            for (AppendRequest* r : batch) {
+                if (r->result.ok() && !r->result->already_present) r->result = s;
+            }
+        }
+    }
+
+    Result<std::vector<RecordedEvent>> ReadStreamRange(std::string_view stream, const StreamRange& range) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        Stmt& st = range.direction == ReadDirection::kForward ? r.stream_fwd : r.stream_bwd;
+        StmtReset reset(st);
+        st.Bind(1, stream);
+        st.Bind(2, range.direction == ReadDirection::kForward ? std::max(range.from_version, range.min_version)
+                                                              : range.from_version);
+        st.Bind(3, range.min_recorded_at);
+        st.Bind(4, range.max_position);
+        st.Bind(5, range.max_recorded_at);
+        st.Bind(6, range.limit == 0 ? int64_t{-1} : static_cast<int64_t>(range.limit));
+        if (range.direction == ReadDirection::kBackward) st.Bind(7, range.min_version);
+        return Collect(st, range.limit);
+    }
+
+    Result<ReadAllSlice> ReadAll(const ReadAllOptions& o) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        return InReadTxn(r, [&]() -> Result<ReadAllSlice> {
+            int64_t head = 0;
+            {
+                StmtReset reset(r.head);
+                const int rc = r.head.Step();
+                if (rc != SQLITE_ROW) return ToStatus(rc, r.db->get(), "reading the head position");
+                head = r.head.Int(0);
+            }
+            int64_t upper = head;
+            if (o.as_of_position) upper = std::min(upper, *o.as_of_position);
+            ReadAllSlice slice;
+            const int64_t limit = o.limit == 0 ? int64_t{-1} : static_cast<int64_t>(o.limit);
+            if (o.categories.empty() && o.types.empty() && !o.as_of_time) {
+                StmtReset reset(r.all_plain);
+                r.all_plain.Bind(1, o.from_position).Bind(2, upper).Bind(3, limit);
+                auto events = Collect(r.all_plain, o.limit);
+                if (!events.ok()) return events.status();
+                slice.events = std::move(*events);
+            } else {
+                std::string sql = fmt::format(
+                    "SELECT {} FROM keel_events WHERE global_position >= ?1 AND global_position <= ?2 "
+                    "AND (?3 IS NULL OR recorded_at <= ?3)",
+                    kEventColumns);
+                int param = 4;
+                auto in_list = [&](std::string_view expr, size_t n) {
+                    if (n == 0) return;
+                    sql += fmt::format(" AND {} IN (", expr);
+                    for (size_t i = 0; i < n; ++i) sql += fmt::format("{}?{}", i ? ", " : "", param++);
+                    sql += ")";
+                };
+                in_list("substr(stream_id, 1, instr(stream_id || '-', '-') - 1)", o.categories.size());
+                in_list("type", o.types.size());
+                sql += fmt::format(" ORDER BY global_position ASC LIMIT ?{}", param);
+                auto st = r.db->Prepare(sql);
+                if (!st.ok()) return st.status();
+                st->Bind(1, o.from_position).Bind(2, upper).Bind(3, o.as_of_time);
+                int p = 4;
+                for (const auto& c : o.categories) st->Bind(p++, std::string_view(c));
+                for (const auto& t : o.types) st->Bind(p++, std::string_view(t));
+                st->Bind(p, limit);
+                auto events = Collect(*st, o.limit);
+                if (!events.ok()) return events.status();
+                slice.events = std::move(*events);
+            }
+            const bool full = o.limit != 0 && slice.events.size() >= o.limit;
+            slice.end_of_all = !full;
+            slice.next_position = full ? slice.events.back().global_position + 1 : std::max(upper + 1, o.from_position);
+            return slice;
+        });
+    }
+
+    Result<int64_t> HeadPosition() override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        StmtReset reset(r.head);
+        const int rc = r.head.Step();
+        if (rc != SQLITE_ROW) return ToStatus(rc, r.db->get(), "reading the head position");
+        return r.head.Int(0);
+    }
+
+    Result<std::optional<StreamInfo>> GetStream(std::string_view stream) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        StmtReset reset(r.get_stream);
+        r.get_stream.Bind(1, stream);
+        const int rc = r.get_stream.Step();
+        if (rc == SQLITE_DONE) return std::optional<StreamInfo>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, r.db->get(), "reading stream info");
+        return std::optional<StreamInfo>(DecodeStream(r.get_stream));
+    }
+
+    Result<std::vector<StreamInfo>> ListStreams(std::string_view after, size_t limit) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        auto st = r.db->Prepare(fmt::format(
+            "SELECT {} FROM keel_streams WHERE stream_id > ?1 ORDER BY stream_id LIMIT ?2", kStreamColumns));
+        if (!st.ok()) return st.status();
+        st->Bind(1, after).Bind(2, limit == 0 ? int64_t{-1} : static_cast<int64_t>(limit));
+        std::vector<StreamInfo> out;
+        int rc;
+        while ((rc = st->Step()) == SQLITE_ROW) out.push_back(DecodeStream(*st));
+        if (rc != SQLITE_DONE) return ToStatus(rc, r.db->get(), "listing streams");
+        return out;
+    }
+
+    Status SetStreamMetadata(std::string_view stream, const StreamMetadata& m) override {
+        return WriteTxn("setting stream metadata", [&]() -> Status {
+            auto info = ReadStreamRow(stream);
+            if (!info.ok()) return info.status();
+            if (info->has_value() && (*info)->state == StreamState::kTombstoned) return Tombstoned(stream);
+            auto st = writer_->Prepare(
+                "INSERT INTO keel_streams (stream_id, version, state, max_count, max_age_us, truncate_before, "
+                "custom_metadata, updated_at) VALUES (?1, -1, 0, ?2, ?3, ?4, ?5, ?6) "
+                "ON CONFLICT (stream_id) DO UPDATE SET max_count = excluded.max_count, max_age_us = "
+                "excluded.max_age_us, truncate_before = excluded.truncate_before, custom_metadata = "
+                "excluded.custom_metadata, updated_at = excluded.updated_at");
+            if (!st.ok()) return st.status();
+            st->Bind(1, stream).Bind(2, m.max_count);
+            st->Bind(3, m.max_age ? std::optional<int64_t>(m.max_age->count()) : std::nullopt);
+            st->Bind(4, m.truncate_before).Bind(5, std::string_view(m.custom)).Bind(6, NowMicros());
+            return st->Exec("writing stream metadata");
+        });
+    }
+
+    Status DeleteStream(std::string_view stream, ExpectedVersion expected, DeleteMode mode) override {
+        return WriteTxn("deleting a stream", [&]() -> Status {
+            auto info = ReadStreamRow(stream);
+            if (!info.ok()) return info.status();
+            const StreamInfo* current = info->has_value() ? &**info : nullptr;
+            KEEL_RETURN_IF_ERROR(CheckExpected(stream, expected, current));
+            if (mode == DeleteMode::kSoft) {
+                if (EffectiveVersion(current) < 0) {
+                    return Status::NotFound(fmt::format("stream '{}' does not exist; nothing to delete", stream));
+                }
+                auto st = writer_->Prepare(
+                    "UPDATE keel_streams SET state = 1, truncate_before = version + 1, updated_at = ?2 "
+                    "WHERE stream_id = ?1");
+                if (!st.ok()) return st.status();
+                st->Bind(1, stream).Bind(2, NowMicros());
+                return st->Exec("soft-deleting a stream");
+            }
+            auto st = writer_->Prepare(
+                "INSERT INTO keel_streams (stream_id, version, state, updated_at) VALUES (?1, -1, 2, ?2) "
+                "ON CONFLICT (stream_id) DO UPDATE SET state = 2, updated_at = excluded.updated_at");
+            if (!st.ok()) return st.status();
+            st->Bind(1, stream).Bind(2, NowMicros());
+            return st->Exec("tombstoning a stream");
+        });
+    }
+
+    Status SaveSnapshot(const Snapshot& s) override {
+        return WriteTxn("saving a snapshot", [&]() -> Status {
+            auto st = writer_->Prepare(
+                "INSERT INTO keel_snapshots (stream_id, version, type, data, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5) "
+                "ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, type = excluded.type, "
+                "data = excluded.data, recorded_at = excluded.recorded_at");
+            if (!st.ok()) return st.status();
+            st->Bind(1, std::string_view(s.stream_id)).Bind(2, s.version).Bind(3, std::string_view(s.type));
+            st->BindBlob(4, s.data).Bind(5, NowMicros());
+            return st->Exec("writing a snapshot");
+        });
+    }
+
+    Result<std::optional<Snapshot>> LoadSnapshot(std::string_view stream) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        StmtReset reset(r.lookup_snapshot);
+        r.lookup_snapshot.Bind(1, stream);
+        const int rc = r.lookup_snapshot.Step();
+        if (rc == SQLITE_DONE) return std::optional<Snapshot>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, r.db->get(), "reading a snapshot");
+        Snapshot s;
+        s.stream_id = std::string(r.lookup_snapshot.Text(0));
+        s.version = r.lookup_snapshot.Int(1);
+        s.type = std::string(r.lookup_snapshot.Text(2));
+        s.data = std::string(r.lookup_snapshot.Blob(3));
+        s.recorded_at = r.lookup_snapshot.Int(4);
+        return std::optional<Snapshot>(std::move(s));
+    }
+
+    Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        auto st = (***lease).db->Prepare("SELECT position FROM keel_checkpoints WHERE name = ?1");
+        if (!st.ok()) return st.status();
+        st->Bind(1, name);
+        const int rc = st->Step();
+        if (rc == SQLITE_DONE) return std::optional<int64_t>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, st->db(), "reading a checkpoint");
+        return std::optional<int64_t>(st->Int(0));
+    }
+
+    Status SaveCheckpoint(std::string_view name, int64_t position) override {
+        return WriteTxn("saving a checkpoint", [&]() -> Status {
+            auto st = writer_->Prepare(
+                "INSERT INTO keel_checkpoints (name, position, updated_at) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at");
+            if (!st.ok()) return st.status();
+            st->Bind(1, name).Bind(2, position).Bind(3, NowMicros());
+            return st->Exec("writing a checkpoint");
+        });
+    }
+
+    Result<StoreStats> Stats() override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        Reader& r = ***lease;
+        return InReadTxn(r, [&]() -> Result<StoreStats> {
+            StoreStats st;
+            st.backend = "sqlite";
+            st.location = path_;
+            auto events = r.db->QueryInt("SELECT count(*) FROM keel_events");
+            if (!events.ok()) return events.status();
+            st.events = *events;
+            auto streams = r.db->QueryInt("SELECT count(*) FROM keel_streams");
+            if (!streams.ok()) return streams.status();
+            st.streams = *streams;
+            auto head = r.db->QueryInt("SELECT COALESCE(MAX(global_position), 0) FROM keel_events");
+            if (!head.ok()) return head.status();
+            st.head_position = *head;
+            auto cps = r.db->Prepare("SELECT name, position, updated_at FROM keel_checkpoints ORDER BY name");
+            if (!cps.ok()) return cps.status();
+            int rc;
+            while ((rc = cps->Step()) == SQLITE_ROW) {
+                st.checkpoints.push_back(CheckpointInfo{std::string(cps->Text(0)), cps->Int(1), cps->Int(2)});
+            }
+            if (rc != SQLITE_DONE) return ToStatus(rc, r.db->get(), "listing checkpoints");
+            std::error_code ec;
+            for (const char* suffix : {"", "-wal"}) {
+                const auto size = std::filesystem::file_size(path_ + suffix, ec);
+                if (!ec) st.size_bytes += static_cast<int64_t>(size);
+            }
+            return st;
+        });
+    }
+
+private:
+    static Status Tombstoned(std::string_view stream) {
+        return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
+    }
+
+    static Result<std::vector<RecordedEvent>> Collect(Stmt& st, size_t limit) {
+        std::vector<RecordedEvent> out;
+        if (limit != 0) out.reserve(std::min<size_t>(limit, 4096));
+        int rc;
+        while ((rc = st.Step()) == SQLITE_ROW) {
+            auto e = DecodeEvent(st);
+            if (!e.ok()) return e.status();
+            out.push_back(std::move(*e));
+        }
+        if (rc != SQLITE_DONE) return ToStatus(rc, st.db(), "reading events");
+        return out;
+    }
+
+    // Writer connection only, inside a transaction.
+    Result<std::optional<StreamInfo>> ReadStreamRow(std::string_view stream) {
+        StmtReset reset(get_stream_);
+        get_stream_.Bind(1, stream);
+        const int rc = get_stream_.Step();
+        if (rc == SQLITE_DONE) return std::optional<StreamInfo>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, writer_->get(), "reading stream info");
+        return std::optional<StreamInfo>(DecodeStream(get_stream_));
+    }
+
+    template <class F>
+    Status WriteTxn(std::string_view what, F&& body) {
+        std::lock_guard lock(write_mu_);
+        if (!sticky_.ok()) return sticky_;
+        KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE").WithContext(what));
+        Status s = body();
+        if (!s.ok()) {
+            (void)rollback_.Exec("ROLLBACK");
+            return s;
+        }
+        s = commit_.Exec("COMMIT");
+        if (!s.ok()) {
+            if (!sqlite3_get_autocommit(writer_->get())) (void)rollback_.Exec("ROLLBACK");
+            return s.WithContext(what);
+        }
+        return s;
+    }
+
+    Result<std::optional<StoredEventRef>> LookupEventId(const Uuid& id) {
+        StmtReset reset(lookup_id_);
+        lookup_id_.BindBlob(1, id.bytes_view());
+        const int rc = lookup_id_.Step();
+        if (rc == SQLITE_DONE) return std::optional<StoredEventRef>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, writer_->get(), "looking up an event id");
+        return std::optional<StoredEventRef>(StoredEventRef{
+            lookup_id_.Int(0), std::string(lookup_id_.Text(1)), lookup_id_.Int(2), std::string(lookup_id_.Text(3)),
+            std::string(lookup_id_.Blob(4)), std::string(lookup_id_.Text(5))});
+    }
+
+    // One append inside the open transaction. Sets `wrote` once a row was written (so the caller rolls back).
+    Result<AppendResult> AppendOne(const AppendRequest& r, int64_t now, bool& wrote) {
+        auto info = ReadStreamRow(r.stream);
+        if (!info.ok()) return info.status();
+        const StreamInfo* current = info->has_value() ? &**info : nullptr;
+        auto lookup = [this](const Uuid& id) { return LookupEventId(id); };
+        if (Status s = CheckExpected(r.stream, r.expected, current); !s.ok()) {
+            if (s.code() == StatusCode::kWrongExpectedVersion) {
+                auto replay = MatchStoredAppend(r.stream, r.expected, r.events, lookup);
+                if (!replay.ok()) return replay.status();
+                if (replay->has_value()) return **replay;
+            }
+            return s;
+        }
+        int64_t version = current != nullptr ? current->version : -1;
+        AppendResult result;
+        for (const EventData& e : r.events) {
+            ++version;
+            StmtReset reset(insert_event_);
+            insert_event_.BindBlob(1, e.event_id.bytes_view())
+                .Bind(2, r.stream)
+                .Bind(3, version)
+                .Bind(4, std::string_view(e.type))
+                .BindBlob(5, e.data)
+                .Bind(6, std::string_view(e.metadata))
+                .Bind(7, now);
+            const int rc = insert_event_.Step();
+            if (rc != SQLITE_DONE) {
+                Status s = ToStatus(rc, writer_->get(), "inserting an event");
+                if ((rc & 0xFF) == SQLITE_CONSTRAINT) {
+                    // An event id is stored already: an idempotent re-send, or a misuse of the id.
+                    if (wrote) (void)rollback_to_.Exec("ROLLBACK TO");  // a savepoint exists when wrote && batch
+                    wrote = true;  // make the caller roll back whatever this request did
+                    auto replay = MatchStoredAppend(r.stream, r.expected, r.events, lookup);
+                    if (!replay.ok()) return replay.status();
+                    if (replay->has_value()) return **replay;
+                }
+                wrote = true;
+                return s;
+            }
+            wrote = true;
+            const int64_t pos = sqlite3_last_insert_rowid(writer_->get());
+            if (result.first_position == 0) result.first_position = pos;
+            result.last_position = pos;
+        }
+        StmtReset reset(upsert_version_);
+        upsert_version_.Bind(1, r.stream).Bind(2, version).Bind(3, now);
+        if (Status s = upsert_version_.Exec("updating the stream version"); !s.ok()) return s;
+        result.next_expected_version = version;
+        return result;
+    }
+
+    std::string path_;
+    std::unique_ptr<Db> writer_;
+    ReaderPool readers_;
+    std::mutex write_mu_;
+    Status sticky_;
+    Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_, get_stream_, insert_event_, upsert_version_,
+        lookup_id_, last_recorded_;
+};
+
+Result<std::string> SqlitePath(const ParsedUri& uri) {
+    std::string_view rest = uri.rest;
+    if (rest.starts_with("//")) rest.remove_prefix(2);  // sqlite:///abs → /abs ; sqlite://rel → rel
+    if (rest.empty()) {
+        return Status::InvalidArgument(
+            "sqlite URI has no path; use sqlite:///absolute/path.db or sqlite://relative/path.db");
+    }
+    return std::string(rest);
+}
+
+bool LooksLikeSqlite(const std::string& path, bool& empty) {
+    std::ifstream in(path, std::ios::binary);
+    char header[16] = {};
+    in.read(header, sizeof header);
+    empty = in.gcount() == 0;
+    return in.gcount() == 16 && std::string_view(header, 16) == std::string_view("SQLite format 3\0", 16);
+}
+
+Status Migrate(Db& db, const std::string& path) {
+    auto app_id = db.QueryInt("PRAGMA application_id");
+    if (!app_id.ok()) {
+        return app_id.status().code() == StatusCode::kCorruption
+                   ? Status::Corruption(fmt::format("'{}' is not a keel store: {}", path, app_id.status().message()))
+                   : app_id.status();
+    }
+    if (*app_id != 0 && *app_id != sqlite_schema::kApplicationId) {
+        return Status::Corruption(fmt::format(
+            "'{}' is not a keel store: it is an SQLite database of another application (application_id 0x{:08x})",
+            path, *app_id));
+    }
+    KEEL_RETURN_IF_ERROR(db.Exec("BEGIN IMMEDIATE"));
+    auto body = [&]() -> Status {
+        auto has_schema = db.QueryInt("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_schema'");
+        if (!has_schema.ok()) return has_schema.status();
+        int64_t version = 0;
+        if (*has_schema == 0) {
+            auto has_events =
+                db.QueryInt("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_events'");
+            if (!has_events.ok()) return has_events.status();
+            if (*has_events != 0) {
+                return Status::Corruption(fmt::format(
+                    "'{}' is not a keel store: it has a keel_events table but no keel_schema table", path));
+            }
+            KEEL_RETURN_IF_ERROR(db.Exec(
+                "CREATE TABLE keel_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                "updated_at INTEGER NOT NULL) WITHOUT ROWID"));
+        } else {
+            auto v = db.QueryInt("SELECT version FROM keel_schema WHERE component = 'event_store'");
+            if (v.ok()) {
+                version = *v;
+            } else if (v.status().code() != StatusCode::kNotFound) {
+                return v.status();
+            }
+        }
+        if (version > kSqliteSchemaVersion) {
+            return Status::NotSupported(fmt::format(
+                "'{}' has event-store schema version {}, newer than this keel build supports ({}); upgrade keel",
+                path, version, kSqliteSchemaVersion));
+        }
+        for (int64_t v = version; v < kSqliteSchemaVersion; ++v) {
+            KEEL_RETURN_IF_ERROR(db.Exec(sqlite_schema::kMigrations[static_cast<size_t>(v)])
+                                     .WithContext(fmt::format("migrating schema {} -> {}", v, v + 1)));
+        }
+        if (version != kSqliteSchemaVersion) {
+            KEEL_RETURN_IF_ERROR(db.Exec(fmt::format(
+                "INSERT INTO keel_schema (component, version, updated_at) VALUES ('event_store', {}, {}) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                kSqliteSchemaVersion, NowMicros())));
+        }
+        if (*app_id == 0) {
+            KEEL_RETURN_IF_ERROR(db.Exec(fmt::format("PRAGMA application_id = {}", sqlite_schema::kApplicationId)));
+        }
+        return Status::Ok();
+    };
+    Status s = body();
+    if (!s.ok()) {
+        (void)db.Exec("ROLLBACK");
+        return s;
+    }
+    return db.Exec("COMMIT");
+}
+
+}  // namespace
+
+Result<std::unique_ptr<StoreBackend>> OpenSqliteBackend(const ParsedUri& uri, const StoreOptions& options) {
+    auto path = SqlitePath(uri);
+    if (!path.ok()) return path.status();
+    Durability durability = options.durability;
+    for (const auto& [key, value] : uri.query) {
+        if (key == "durability" && (value == "full" || value == "normal")) {
+            durability = value == "full" ? Durability::kFull : Durability::kNormal;
+        } else {
+            return Status::InvalidArgument(fmt::format(
+                "sqlite URI parameter '{}={}' is not understood; the only one is durability=full|normal", key, value));
+        }
+    }
+    std::error_code ec;
+    const bool exists = std::filesystem::exists(*path, ec);
+    if (!exists && !options.create_if_missing) {
+        return Status::NotFound(fmt::format("store '{}' does not exist (create_if_missing is off)", *path));
+    }
+    if (exists) {
+        bool empty = false;
+        if (!LooksLikeSqlite(*path, empty) && !empty) {
+            return Status::Corruption(
+                fmt::format("'{}' is not a keel store: the file is not an SQLite database", *path));
+        }
+    }
+    const int flags = SQLITE_OPEN_READWRITE | (options.create_if_missing ? SQLITE_OPEN_CREATE : 0);
+    auto db = sqlite::Db::Open(*path, flags);
+    if (!db.ok()) return db.status();
+    sqlite3_busy_timeout((*db)->get(), static_cast<int>(options.busy_timeout.count()));
+    auto mode = (*db)->QueryText("PRAGMA journal_mode = WAL");
+    if (!mode.ok()) {
+        return mode.status().code() == StatusCode::kCorruption
+                   ? Status::Corruption(fmt::format("'{}' is not a keel store: {}", *path, mode.status().message()))
+                   : mode.status();
+    }
+    if (*mode != "wal") {
+        return Status::NotSupported(fmt::format("'{}': cannot switch to WAL journal mode (got '{}')", *path, *mode));
+    }
+    KEEL_RETURN_IF_ERROR((*db)->Exec(durability == Durability::kFull ? "PRAGMA synchronous = FULL"
+                                                                      : "PRAGMA synchronous = NORMAL"));
+    KEEL_RETURN_IF_ERROR((*db)->Exec("PRAGMA cache_size = -16384"));
+    KEEL_RETURN_IF_ERROR(Migrate(**db, *path));
+    auto backend = std::make_unique<SqliteBackend>(*path, std::move(*db), options);
+    KEEL_RETURN_IF_ERROR(backend->Prepare());
+    return std::unique_ptr<StoreBackend>(std::move(backend));
+}
+
+}  // namespace keel::detail

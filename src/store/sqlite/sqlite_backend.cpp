@@ -68,7 +68,8 @@ struct Reader {
 
 class ReaderPool {
 public:
-    ReaderPool(std::string path, std::chrono::milliseconds busy) : path_(std::move(path)), busy_(busy) {}
+    ReaderPool(std::string path, std::string vfs, std::chrono::milliseconds busy)
+        : path_(std::move(path)), vfs_(std::move(vfs)), busy_(busy) {}
 
     class Lease {
     public:
@@ -100,7 +101,7 @@ public:
 
 private:
     Result<std::unique_ptr<Reader>> Open() {
-        auto db = Db::Open(path_, SQLITE_OPEN_READONLY);
+        auto db = Db::Open(path_, SQLITE_OPEN_READONLY, vfs_);
         if (!db.ok()) return db.status();
         auto r = std::make_unique<Reader>();
         r->db = std::move(*db);
@@ -144,6 +145,7 @@ private:
     }
 
     std::string path_;
+    std::string vfs_;
     std::chrono::milliseconds busy_;
     std::mutex mu_;
     std::vector<std::unique_ptr<Reader>> free_;
@@ -160,8 +162,8 @@ auto InReadTxn(Reader& r, F&& fn) -> decltype(fn()) {
 
 class SqliteBackend final : public StoreBackend {
 public:
-    SqliteBackend(std::string path, std::unique_ptr<Db> writer, const StoreOptions& options)
-        : path_(std::move(path)), writer_(std::move(writer)), readers_(path_, options.busy_timeout) {}
+    SqliteBackend(std::string path, std::string vfs, std::unique_ptr<Db> writer, const StoreOptions& options)
+        : path_(std::move(path)), writer_(std::move(writer)), readers_(path_, std::move(vfs), options.busy_timeout) {}
 
     Status Prepare() {
         struct {
@@ -704,12 +706,16 @@ Result<std::unique_ptr<StoreBackend>> OpenSqliteBackend(const ParsedUri& uri, co
     auto path = SqlitePath(uri);
     if (!path.ok()) return path.status();
     Durability durability = options.durability;
+    std::string vfs;
     for (const auto& [key, value] : uri.query) {
         if (key == "durability" && (value == "full" || value == "normal")) {
             durability = value == "full" ? Durability::kFull : Durability::kNormal;
+        } else if (key == "vfs" && !value.empty()) {
+            vfs = value;
         } else {
-            return Status::InvalidArgument(fmt::format(
-                "sqlite URI parameter '{}={}' is not understood; the only one is durability=full|normal", key, value));
+            return Status::InvalidArgument(
+                fmt::format("sqlite URI parameter '{}={}' is not understood; known: durability=full|normal, vfs=NAME",
+                            key, value));
         }
     }
     std::error_code ec;
@@ -725,7 +731,7 @@ Result<std::unique_ptr<StoreBackend>> OpenSqliteBackend(const ParsedUri& uri, co
         }
     }
     const int flags = SQLITE_OPEN_READWRITE | (options.create_if_missing ? SQLITE_OPEN_CREATE : 0);
-    auto db = sqlite::Db::Open(*path, flags);
+    auto db = sqlite::Db::Open(*path, flags, vfs);
     if (!db.ok()) return db.status();
     sqlite3_busy_timeout((*db)->get(), static_cast<int>(options.busy_timeout.count()));
     auto mode = (*db)->QueryText("PRAGMA journal_mode = WAL");
@@ -741,7 +747,7 @@ Result<std::unique_ptr<StoreBackend>> OpenSqliteBackend(const ParsedUri& uri, co
                                                                       : "PRAGMA synchronous = NORMAL"));
     KEEL_RETURN_IF_ERROR((*db)->Exec("PRAGMA cache_size = -16384"));
     KEEL_RETURN_IF_ERROR(Migrate(**db, *path));
-    auto backend = std::make_unique<SqliteBackend>(*path, std::move(*db), options);
+    auto backend = std::make_unique<SqliteBackend>(*path, vfs, std::move(*db), options);
     KEEL_RETURN_IF_ERROR(backend->Prepare());
     return std::unique_ptr<StoreBackend>(std::move(backend));
 }

@@ -33,9 +33,12 @@ Status Stmt::Exec(std::string_view what) {
     return s;
 }
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& path, int flags) {
+Result<std::unique_ptr<Db>> Db::Open(const std::string& path, int flags, const std::string& vfs) {
+    if (!vfs.empty() && sqlite3_vfs_find(vfs.c_str()) == nullptr) {
+        return Status::InvalidArgument(fmt::format("no SQLite VFS named '{}' is registered", vfs));
+    }
     sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, nullptr);
+    const int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX, vfs.empty() ? nullptr : vfs.c_str());
     if (rc != SQLITE_OK) {
         Status s = ToStatus(rc, raw, fmt::format("cannot open SQLite database '{}'", path));
         sqlite3_close_v2(raw);

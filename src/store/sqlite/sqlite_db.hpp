@@ -109,8 +109,9 @@ private:
 
 class Db {
 public:
-    // Opens `path` with the given sqlite3_open_v2 flags (SQLITE_OPEN_NOMUTEX is added).
-    static Result<std::unique_ptr<Db>> Open(const std::string& path, int flags);
+    // Opens `path` with the given sqlite3_open_v2 flags (SQLITE_OPEN_NOMUTEX is added) through the named VFS
+    // (empty: the default one; tests use a fault-injecting VFS).
+    static Result<std::unique_ptr<Db>> Open(const std::string& path, int flags, const std::string& vfs = {});
     ~Db();
     Db(const Db&) = delete;
     Db& operator=(const Db&) = delete;

@@ -30,6 +30,7 @@ namespace keel {
 
 namespace detail {
 class StoreBackend;
+class StoreInternals;
 }
 class Subscription;
 struct SubscriptionOptions;
@@ -64,7 +65,8 @@ struct AppendResult {
     int64_t first_position = 0;
     int64_t last_position = 0;
     /// True when every event was already stored by an earlier identical append (an idempotent re-send):
-    /// nothing was written and the positions are the original ones.
+    /// nothing was written, and the positions and next_expected_version are those of the original append (even if
+    /// the stream has moved on since).
     bool already_present = false;
 };
 
@@ -235,13 +237,14 @@ public:
     const StoreOptions& options() const noexcept;
 
     /// Blocks until the head position exceeds `position` or `timeout` passes; returns the head seen. Wakes at once
-    /// for appends made through this object and polls for appends made by other processes.
+    /// for appends made through this object and polls the database every 50 ms for appends by other processes.
     int64_t WaitForHead(int64_t position, std::chrono::milliseconds timeout);
 
     /// For keel's own backends and tests only.
     detail::StoreBackend& backend() noexcept;
 
 private:
+    friend class detail::StoreInternals;
     class Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -115,17 +115,12 @@ public:
     }
 
     Result<ReadAllSlice> ReadAll(const ReadAllOptions& options) {
-        if (options.from_position < 0) {
+        if (options.from_position < 1) {
             return Status::InvalidArgument(
-                fmt::format("from_position must be 1 or more (0 is read as 1), got {}", options.from_position));
+                fmt::format("from_position must be 1 or more (positions start at 1), got {}", options.from_position));
         }
         for (const auto& c : options.categories) KEEL_RETURN_IF_ERROR(detail::ValidateName("category", c, 256));
         for (const auto& t : options.types) KEEL_RETURN_IF_ERROR(detail::ValidateName("event type", t, 256));
-        if (options.from_position == 0) {
-            ReadAllOptions copy = options;
-            copy.from_position = 1;
-            return backend_->ReadAll(copy);
-        }
         return backend_->ReadAll(options);
     }
 
@@ -138,17 +133,30 @@ public:
     }
 
     int64_t WaitForHead(int64_t position, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
         std::unique_lock lock(mu_);
-        if (head_ <= position) {
-            head_cv_.wait_for(lock, timeout, [&] { return head_ > position; });
+        for (;;) {
+            if (head_ > position) return head_;
+            // Appends by other processes are only seen by asking the database.
+            lock.unlock();
+            auto head = backend_->HeadPosition();
+            lock.lock();
+            if (head.ok() && *head > head_) head_ = *head;
+            const auto now = std::chrono::steady_clock::now();
+            if (head_ > position || now >= deadline) return head_;
+            head_cv_.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(50)),
+                                [&] { return head_ > position; });
         }
-        if (head_ > position) return head_;
-        lock.unlock();
-        // Appends by other processes are only seen by asking the database.
-        auto head = backend_->HeadPosition();
-        lock.lock();
-        if (head.ok() && *head > head_) head_ = *head;
-        return head_;
+    }
+
+    bool WaitForLocalCommit(int64_t position, std::chrono::milliseconds timeout, const std::atomic<bool>& stop) {
+        std::unique_lock lock(mu_);
+        return head_cv_.wait_for(lock, timeout, [&] { return head_ > position || stop.load(); }) && head_ > position;
+    }
+
+    void WakeAll() {
+        std::lock_guard lock(mu_);
+        head_cv_.notify_all();
     }
 
     // Runs a backend write other than an append; the backend sees one writer at a time.
@@ -258,6 +266,17 @@ int64_t EventStore::WaitForHead(int64_t position, std::chrono::milliseconds time
 }
 
 detail::StoreBackend& EventStore::backend() noexcept { return *impl_->backend_; }
+
+namespace detail {
+
+bool StoreInternals::WaitForLocalCommit(EventStore& store, int64_t position, std::chrono::milliseconds timeout,
+                                        const std::atomic<bool>& stop) {
+    return store.impl_->WaitForLocalCommit(position, timeout, stop);
+}
+
+void StoreInternals::WakeAll(EventStore& store) { store.impl_->WakeAll(); }
+
+}  // namespace detail
 
 Result<std::unique_ptr<EventStore>> OpenStore(std::string_view uri, const StoreOptions& options) {
     auto backend = detail::OpenBackend(uri, options);

@@ -31,8 +31,10 @@ public:
         {
             std::lock_guard lock(mu_);
             stop_requested_ = true;
+            stop_ = true;
         }
         wake_.notify_all();
+        StoreInternals::WakeAll(store_);
         if (thread_.joinable()) thread_.join();
         std::lock_guard lock(mu_);
         return final_status_;
@@ -184,18 +186,10 @@ private:
         return Status::Ok();
     }
 
-    // Waits until the store's head passes `head_seen`, the poll interval ends, or a stop is requested.
+    // Waits until an append through the same store passes `head_seen`, the poll interval ends (the next read is
+    // then the poll that notices other processes' appends), or a stop is requested.
     void WaitForCommit(int64_t head_seen) {
-        const auto deadline = std::chrono::steady_clock::now() + options_.poll_interval;
-        while (!StopRequested()) {
-            const auto now = std::chrono::steady_clock::now();
-            if (now >= deadline) return;
-            // Short slices so that Stop() is noticed promptly even while the store is idle.
-            const auto slice = std::min<std::chrono::milliseconds>(
-                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1),
-                std::chrono::milliseconds(20));
-            if (store_.WaitForHead(head_seen, slice) > head_seen) return;
-        }
+        StoreInternals::WaitForLocalCommit(store_, head_seen, options_.poll_interval, stop_);
     }
 
     EventStore& store_;
@@ -213,6 +207,7 @@ private:
     std::condition_variable wake_;
     std::condition_variable finished_cv_;
     bool stop_requested_ = false;
+    std::atomic<bool> stop_{false};  // mirrors stop_requested_ for waits on the store's condition variable
     bool finished_ = false;
     Status final_status_;
     std::thread thread_;

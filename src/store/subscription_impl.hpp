@@ -1,5 +1,7 @@
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -7,6 +9,17 @@
 #include "keel/subscription.hpp"
 
 namespace keel::detail {
+
+// What subscriptions need from the store beyond its public API.
+class StoreInternals {
+public:
+    // Waits until an append through `store` moves the head past `position`, `timeout` passes, or `stop` is set and
+    // WakeAll is called. Does not query the database. Returns true if the head moved past `position`.
+    static bool WaitForLocalCommit(EventStore& store, int64_t position, std::chrono::milliseconds timeout,
+                                   const std::atomic<bool>& stop);
+    // Wakes every WaitForLocalCommit waiter of `store` (they re-check their stop flags).
+    static void WakeAll(EventStore& store);
+};
 
 // Validates the options, resolves the start position and starts the subscription's thread.
 Result<std::unique_ptr<Subscription>> StartSubscription(EventStore& store, SubscriptionOptions options,

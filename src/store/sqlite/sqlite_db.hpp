@@ -34,17 +34,18 @@ public:
     }
     ~Stmt() { Finalize(); }
 
-    // Binding is 1-based, as in SQLite. Text and blobs are copied only when `transient`.
+    // Binding is 1-based, as in SQLite. Text and blobs are not copied: they must outlive the statement's step.
     Stmt& Bind(int i, int64_t v) {
         sqlite3_bind_int64(stmt_, i, v);
         return *this;
     }
     Stmt& Bind(int i, std::string_view text) {
-        sqlite3_bind_text(stmt_, i, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
+        // A default string_view has a null data(), which SQLite would bind as NULL; bind '' instead.
+        sqlite3_bind_text(stmt_, i, text.data() ? text.data() : "", static_cast<int>(text.size()), SQLITE_STATIC);
         return *this;
     }
     Stmt& BindBlob(int i, std::string_view bytes) {
-        sqlite3_bind_blob(stmt_, i, bytes.data(), static_cast<int>(bytes.size()), SQLITE_STATIC);
+        sqlite3_bind_blob(stmt_, i, bytes.data() ? bytes.data() : "", static_cast<int>(bytes.size()), SQLITE_STATIC);
         return *this;
     }
     Stmt& Bind(int i, std::optional<int64_t> v) {

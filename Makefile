@@ -25,9 +25,11 @@ run: build-release
 	@mkdir -p $(dir $(DEMO_DB))
 	build/release/examples/user_aggregate/user_aggregate $(DEMO_DB)
 
-# Every test (unit, conformance, crash, install), built with ASan + UBSan.
+# Every test (unit, conformance, crash, install, and those against real PostgreSQL and MariaDB servers, which
+# scripts/services.sh starts under build/services and stops afterwards), built with ASan + UBSan.
 test: build
-	ctest --preset dev
+	scripts/services.sh start
+	set -o pipefail; eval "$$(scripts/services.sh env)"; ctest --preset dev; rc=$$?; scripts/services.sh stop; exit $$rc
 
 # Only the tests that need no server.
 test-unit: build

@@ -9,6 +9,8 @@ packages=(
     g++ make cmake ninja-build pkg-config
     # libraries (all from Debian, see README "Dependencies")
     libsqlite3-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
+    # PostgreSQL and MariaDB: client libraries for the backends, servers for the tests (scripts/services.sh)
+    libpq-dev postgresql libmariadb-dev mariadb-server mariadb-client
     # tests and benchmarks
     libgtest-dev libgmock-dev libbenchmark-dev
 )
@@ -37,5 +39,16 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# The server packages would start system-wide services on install; keel's tests start their own instances under the
+# build tree instead (scripts/services.sh), so forbid service starts while installing unless a policy already exists.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    own_policy=1
+fi
+cleanup() { if [ "$own_policy" -eq 1 ]; then $sudo rm -f "$policy"; fi; }
+trap cleanup EXIT
 $sudo apt-get update -q
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

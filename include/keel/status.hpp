@@ -132,7 +132,8 @@ public:
         Check();
         return std::get<0>(v_);
     }
-    T&& value() && {
+    /// On an rvalue the value is moved out and returned by value, so `for (auto& x : F().value())` is safe.
+    T value() && {
         Check();
         return std::get<0>(std::move(v_));
     }
@@ -141,12 +142,13 @@ public:
         return ok() ? std::get<0>(v_) : static_cast<T>(std::forward<U>(fallback));
     }
 
-    /// Unchecked access: only after ok() returned true.
-    T& operator*() & noexcept { return *std::get_if<0>(&v_); }
-    const T& operator*() const& noexcept { return *std::get_if<0>(&v_); }
-    T&& operator*() && noexcept { return std::move(*std::get_if<0>(&v_)); }
-    T* operator->() noexcept { return std::get_if<0>(&v_); }
-    const T* operator->() const noexcept { return std::get_if<0>(&v_); }
+    /// Access without the StatusError: only after ok() returned true (on an error it throws
+    /// std::bad_variant_access).
+    T& operator*() & { return std::get<0>(v_); }
+    const T& operator*() const& { return std::get<0>(v_); }
+    T&& operator*() && { return std::get<0>(std::move(v_)); }
+    T* operator->() { return &std::get<0>(v_); }
+    const T* operator->() const { return &std::get<0>(v_); }
 
 private:
     void Check() const {

@@ -76,6 +76,9 @@ public:
 
     /// True once the subscription has delivered everything up to the head it last saw.
     virtual bool caught_up() const = 0;
+
+    /// True once the subscription has stopped, by Stop() or by itself; Wait() then returns at once. Never blocks.
+    virtual bool stopped() const = 0;
 };
 
 }  // namespace keel

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <set>
 
 #include "keel/event.hpp"
@@ -49,6 +52,31 @@ TEST(Uuid, GenerateIsVersion7UniqueAndOrdered) {
         EXPECT_GE(std::string(u.bytes_view().substr(0, 6)), std::string(prev.bytes_view().substr(0, 6)));
         prev = u;
     }
+}
+
+// Regression: a forked child inherited its parent's generator state and produced the same ids as its sibling.
+TEST(Uuid, ForkedChildrenGenerateDistinctIds) {
+    (void)Uuid::Generate();  // seed the parent's generator before forking
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    std::vector<pid_t> kids;
+    for (int k = 0; k < 2; ++k) {
+        const pid_t pid = ::fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            const Uuid u = Uuid::Generate();
+            (void)!::write(fds[1], u.bytes().data(), 16);
+            ::_exit(0);
+        }
+        kids.push_back(pid);
+    }
+    ::close(fds[1]);
+    std::array<uint8_t, 16> a{}, b{};
+    ASSERT_EQ(::read(fds[0], a.data(), 16), 16);
+    ASSERT_EQ(::read(fds[0], b.data(), 16), 16);
+    ::close(fds[0]);
+    for (pid_t pid : kids) ::waitpid(pid, nullptr, 0);
+    EXPECT_NE(Uuid(a), Uuid(b));
 }
 
 TEST(Uuid, ParseRoundTripAndErrors) {

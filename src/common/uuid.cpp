@@ -3,16 +3,26 @@
 #include <chrono>
 #include <random>
 
+#include <unistd.h>
+
 namespace keel {
 namespace {
 
+// A per-thread generator seeded from the OS. Reseeded after fork(): a child must not repeat its parent's ids.
 std::mt19937_64& ThreadRng() {
-    thread_local std::mt19937_64 rng = [] {
+    struct State {
+        pid_t pid = -1;
+        std::mt19937_64 rng;
+    };
+    thread_local State state;
+    const pid_t pid = ::getpid();
+    if (state.pid != pid) {
         std::random_device rd;
         std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-        return std::mt19937_64(seq);
-    }();
-    return rng;
+        state.rng.seed(seq);
+        state.pid = pid;
+    }
+    return state.rng;
 }
 
 int HexValue(char c) {

@@ -7,6 +7,12 @@
 #ifdef KEEL_WITH_SQLITE
 #include "store/sqlite/sqlite_backend.hpp"
 #endif
+#ifdef KEEL_WITH_POSTGRES
+#include "store/postgres/pg_backend.hpp"
+#endif
+#ifdef KEEL_WITH_MYSQL
+#include "store/mysql/mysql_backend.hpp"
+#endif
 
 namespace keel::detail {
 namespace {
@@ -22,6 +28,14 @@ constexpr Entry kBackends[] = {
     {"memory", &OpenMemoryBackend},
 #ifdef KEEL_WITH_SQLITE
     {"sqlite", &OpenSqliteBackend},
+#endif
+#ifdef KEEL_WITH_POSTGRES
+    {"postgresql", &OpenPostgresBackend},
+    {"postgres", &OpenPostgresBackend},
+#endif
+#ifdef KEEL_WITH_MYSQL
+    {"mysql", &OpenMysqlBackend},
+    {"mariadb", &OpenMysqlBackend},
 #endif
 };
 

@@ -35,7 +35,7 @@ public:
         }
         wake_.notify_all();
         StoreInternals::WakeAll(store_);
-        if (thread_.joinable()) thread_.join();
+        Join();
         std::lock_guard lock(mu_);
         return final_status_;
     }
@@ -44,14 +44,26 @@ public:
         std::unique_lock lock(mu_);
         finished_cv_.wait(lock, [this] { return finished_; });
         lock.unlock();
-        if (thread_.joinable()) thread_.join();
+        Join();
+        lock.lock();
         return final_status_;
+    }
+
+    bool stopped() const override {
+        std::lock_guard lock(mu_);
+        return finished_;
     }
 
     int64_t position() const override { return position_.load(); }
     bool caught_up() const override { return caught_up_.load(); }
 
 private:
+    // Stop() and Wait() may race from two threads; only one may join.
+    void Join() {
+        std::lock_guard lock(join_mu_);
+        if (thread_.joinable()) thread_.join();
+    }
+
     bool StopRequested() {
         std::lock_guard lock(mu_);
         return stop_requested_;
@@ -147,6 +159,8 @@ private:
         std::vector<RecordedEvent> batch;
         auto read_backoff = options_.retry_backoff;
         bool announced = false;
+        bool woken = false;
+        auto idle_backoff = std::chrono::milliseconds(1);
         while (!StopRequested()) {
             bool at_end = false;
             int64_t head_seen = 0;
@@ -178,18 +192,21 @@ private:
                     caught_up_ = true;
                     if (options_.on_caught_up) options_.on_caught_up(position_.load());
                 }
-                WaitForCommit(head_seen);
+                // A commit woke us but the read found nothing (a backend whose readers wait for older transactions
+                // to finish, e.g. PostgreSQL's snapshot horizon): back off instead of spinning.
+                if (woken && batch.empty()) {
+                    if (!SleepFor(idle_backoff)) break;
+                    idle_backoff = std::min(idle_backoff * 2, options_.poll_interval);
+                } else {
+                    idle_backoff = std::chrono::milliseconds(1);
+                }
+                woken = StoreInternals::WaitForLocalCommit(store_, head_seen, options_.poll_interval, stop_);
             } else {
+                woken = false;
                 caught_up_ = false;
             }
         }
         return Status::Ok();
-    }
-
-    // Waits until an append through the same store passes `head_seen`, the poll interval ends (the next read is
-    // then the poll that notices other processes' appends), or a stop is requested.
-    void WaitForCommit(int64_t head_seen) {
-        StoreInternals::WaitForLocalCommit(store_, head_seen, options_.poll_interval, stop_);
     }
 
     EventStore& store_;
@@ -203,7 +220,8 @@ private:
     std::atomic<int64_t> position_;
     std::atomic<bool> caught_up_{false};
 
-    std::mutex mu_;
+    mutable std::mutex mu_;
+    std::mutex join_mu_;
     std::condition_variable wake_;
     std::condition_variable finished_cv_;
     bool stop_requested_ = false;

@@ -116,6 +116,8 @@ public:
             s.info.state = StreamState::kTombstoned;
         }
         streams_.find(stream)->second.info.updated_at = NowMicros();
+        // A snapshot folds the deleted events: a re-opened stream must not start from it.
+        if (auto snap = snapshots_.find(stream); snap != snapshots_.end()) snapshots_.erase(snap);
         return Status::Ok();
     }
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <mutex>
 
+#include "store/pool.hpp"
 #include "store/sqlite/schema.hpp"
 #include "store/sqlite/sqlite_db.hpp"
 
@@ -58,98 +59,52 @@ StreamInfo DecodeStream(const Stmt& st) {
 constexpr std::string_view kStreamColumns =
     "stream_id, version, state, max_count, max_age_us, truncate_before, custom_metadata, updated_at";
 
-// A read-only connection borrowed from the pool for one call; returned on destruction.
-class ReaderPool;
-
+// A read-only connection with its cached statements, borrowed from the pool for one call.
 struct Reader {
     std::unique_ptr<Db> db;
     Stmt stream_fwd, stream_bwd, all_plain, head, get_stream, lookup_snapshot, begin, commit;
 };
 
-class ReaderPool {
-public:
-    ReaderPool(std::string path, std::string vfs, std::chrono::milliseconds busy)
-        : path_(std::move(path)), vfs_(std::move(vfs)), busy_(busy) {}
-
-    class Lease {
-    public:
-        Lease(ReaderPool& pool, std::unique_ptr<Reader> r) : pool_(pool), r_(std::move(r)) {}
-        ~Lease() { pool_.Release(std::move(r_)); }
-        Lease(const Lease&) = delete;
-        Lease& operator=(const Lease&) = delete;
-        Reader* operator->() { return r_.get(); }
-        Reader& operator*() { return *r_; }
-
-    private:
-        ReaderPool& pool_;
-        std::unique_ptr<Reader> r_;
+Result<std::unique_ptr<Reader>> OpenReader(const std::string& path, const std::string& vfs,
+                                           std::chrono::milliseconds busy) {
+    auto db = Db::Open(path, SQLITE_OPEN_READONLY, vfs);
+    if (!db.ok()) return db.status();
+    auto r = std::make_unique<Reader>();
+    r->db = std::move(*db);
+    sqlite3_busy_timeout(r->db->get(), static_cast<int>(busy.count()));
+    KEEL_RETURN_IF_ERROR(r->db->Exec("PRAGMA cache_size=-16384"));
+    const std::string range_filters =
+        " AND (?3 IS NULL OR recorded_at >= ?3) AND (?4 IS NULL OR global_position <= ?4)"
+        " AND (?5 IS NULL OR recorded_at <= ?5)";
+    struct {
+        Stmt* stmt;
+        std::string sql;
+    } stmts[] = {
+        {&r->stream_fwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version >= ?2"
+                                     "{} ORDER BY stream_version ASC LIMIT ?6",
+                                     kEventColumns, range_filters)},
+        {&r->stream_bwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version <= ?2"
+                                     " AND stream_version >= ?7{} ORDER BY stream_version DESC LIMIT ?6",
+                                     kEventColumns, range_filters)},
+        {&r->all_plain, fmt::format("SELECT {} FROM keel_events WHERE global_position >= ?1 AND "
+                                    "global_position <= ?2 ORDER BY global_position ASC LIMIT ?3",
+                                    kEventColumns)},
+        {&r->head, "SELECT COALESCE(MAX(global_position), 0) FROM keel_events"},
+        {&r->get_stream, fmt::format("SELECT {} FROM keel_streams WHERE stream_id = ?1", kStreamColumns)},
+        {&r->lookup_snapshot,
+         "SELECT stream_id, version, type, data, recorded_at FROM keel_snapshots WHERE stream_id = ?1"},
+        {&r->begin, "BEGIN"},
+        {&r->commit, "COMMIT"},
     };
-
-    Result<std::unique_ptr<Lease>> Acquire() {
-        {
-            std::lock_guard lock(mu_);
-            if (!free_.empty()) {
-                auto r = std::move(free_.back());
-                free_.pop_back();
-                return std::make_unique<Lease>(*this, std::move(r));
-            }
-        }
-        auto r = Open();
-        if (!r.ok()) return r.status();
-        return std::make_unique<Lease>(*this, std::move(*r));
+    for (auto& s : stmts) {
+        auto st = r->db->PreparePersistent(s.sql);
+        if (!st.ok()) return st.status();
+        *s.stmt = std::move(*st);
     }
+    return r;
+}
 
-private:
-    Result<std::unique_ptr<Reader>> Open() {
-        auto db = Db::Open(path_, SQLITE_OPEN_READONLY, vfs_);
-        if (!db.ok()) return db.status();
-        auto r = std::make_unique<Reader>();
-        r->db = std::move(*db);
-        sqlite3_busy_timeout(r->db->get(), static_cast<int>(busy_.count()));
-        KEEL_RETURN_IF_ERROR(r->db->Exec("PRAGMA cache_size=-16384"));
-        const std::string range_filters =
-            " AND (?3 IS NULL OR recorded_at >= ?3) AND (?4 IS NULL OR global_position <= ?4)"
-            " AND (?5 IS NULL OR recorded_at <= ?5)";
-        struct {
-            Stmt* stmt;
-            std::string sql;
-        } stmts[] = {
-            {&r->stream_fwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version >= ?2"
-                                         "{} ORDER BY stream_version ASC LIMIT ?6",
-                                         kEventColumns, range_filters)},
-            {&r->stream_bwd, fmt::format("SELECT {} FROM keel_events WHERE stream_id = ?1 AND stream_version <= ?2"
-                                         " AND stream_version >= ?7{} ORDER BY stream_version DESC LIMIT ?6",
-                                         kEventColumns, range_filters)},
-            {&r->all_plain, fmt::format("SELECT {} FROM keel_events WHERE global_position >= ?1 AND "
-                                        "global_position <= ?2 ORDER BY global_position ASC LIMIT ?3",
-                                        kEventColumns)},
-            {&r->head, "SELECT COALESCE(MAX(global_position), 0) FROM keel_events"},
-            {&r->get_stream, fmt::format("SELECT {} FROM keel_streams WHERE stream_id = ?1", kStreamColumns)},
-            {&r->lookup_snapshot,
-             "SELECT stream_id, version, type, data, recorded_at FROM keel_snapshots WHERE stream_id = ?1"},
-            {&r->begin, "BEGIN"},
-            {&r->commit, "COMMIT"},
-        };
-        for (auto& s : stmts) {
-            auto st = r->db->PreparePersistent(s.sql);
-            if (!st.ok()) return st.status();
-            *s.stmt = std::move(*st);
-        }
-        return r;
-    }
-
-    void Release(std::unique_ptr<Reader> r) {
-        if (!r) return;
-        std::lock_guard lock(mu_);
-        if (free_.size() < 8) free_.push_back(std::move(r));
-    }
-
-    std::string path_;
-    std::string vfs_;
-    std::chrono::milliseconds busy_;
-    std::mutex mu_;
-    std::vector<std::unique_ptr<Reader>> free_;
-};
+using ReaderPool = Pool<Reader>;
 
 // Runs `fn` inside a read transaction so that its statements see one snapshot.
 template <class F>
@@ -163,7 +118,10 @@ auto InReadTxn(Reader& r, F&& fn) -> decltype(fn()) {
 class SqliteBackend final : public StoreBackend {
 public:
     SqliteBackend(std::string path, std::string vfs, std::unique_ptr<Db> writer, const StoreOptions& options)
-        : path_(std::move(path)), writer_(std::move(writer)), readers_(path_, std::move(vfs), options.busy_timeout) {}
+        : path_(std::move(path)),
+          writer_(std::move(writer)),
+          readers_([path = path_, vfs = std::move(vfs), busy = options.busy_timeout] { return OpenReader(path, vfs, busy); },
+                   /*max_idle=*/8) {}
 
     Status Prepare() {
         struct {
@@ -262,7 +220,7 @@ public:
     Result<std::vector<RecordedEvent>> ReadStreamRange(std::string_view stream, const StreamRange& range) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         Stmt& st = range.direction == ReadDirection::kForward ? r.stream_fwd : r.stream_bwd;
         StmtReset reset(st);
         st.Bind(1, stream);
@@ -279,7 +237,7 @@ public:
     Result<ReadAllSlice> ReadAll(const ReadAllOptions& o) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         return InReadTxn(r, [&]() -> Result<ReadAllSlice> {
             int64_t head = 0;
             {
@@ -334,7 +292,7 @@ public:
     Result<int64_t> HeadPosition() override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         StmtReset reset(r.head);
         const int rc = r.head.Step();
         if (rc != SQLITE_ROW) return ToStatus(rc, r.db->get(), "reading the head position");
@@ -344,7 +302,7 @@ public:
     Result<std::optional<StreamInfo>> GetStream(std::string_view stream) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         StmtReset reset(r.get_stream);
         r.get_stream.Bind(1, stream);
         const int rc = r.get_stream.Step();
@@ -356,7 +314,7 @@ public:
     Result<std::vector<StreamInfo>> ListStreams(std::string_view after, size_t limit) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         auto st = r.db->Prepare(fmt::format(
             "SELECT {} FROM keel_streams WHERE stream_id > ?1 ORDER BY stream_id LIMIT ?2", kStreamColumns));
         if (!st.ok()) return st.status();
@@ -393,10 +351,15 @@ public:
             if (!info.ok()) return info.status();
             const StreamInfo* current = info->has_value() ? &**info : nullptr;
             KEEL_RETURN_IF_ERROR(CheckExpected(stream, expected, current));
+            if (mode == DeleteMode::kSoft && EffectiveVersion(current) < 0) {
+                return Status::NotFound(fmt::format("stream '{}' does not exist; nothing to delete", stream));
+            }
+            // A snapshot folds the deleted events: a re-opened stream must not start from it.
+            auto drop = writer_->Prepare("DELETE FROM keel_snapshots WHERE stream_id = ?1");
+            if (!drop.ok()) return drop.status();
+            drop->Bind(1, stream);
+            KEEL_RETURN_IF_ERROR(drop->Exec("dropping the stream's snapshot"));
             if (mode == DeleteMode::kSoft) {
-                if (EffectiveVersion(current) < 0) {
-                    return Status::NotFound(fmt::format("stream '{}' does not exist; nothing to delete", stream));
-                }
                 auto st = writer_->Prepare(
                     "UPDATE keel_streams SET state = 1, truncate_before = version + 1, updated_at = ?2 "
                     "WHERE stream_id = ?1");
@@ -429,7 +392,7 @@ public:
     Result<std::optional<Snapshot>> LoadSnapshot(std::string_view stream) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         StmtReset reset(r.lookup_snapshot);
         r.lookup_snapshot.Bind(1, stream);
         const int rc = r.lookup_snapshot.Step();
@@ -447,7 +410,7 @@ public:
     Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        auto st = (***lease).db->Prepare("SELECT position FROM keel_checkpoints WHERE name = ?1");
+        auto st = (**lease).db->Prepare("SELECT position FROM keel_checkpoints WHERE name = ?1");
         if (!st.ok()) return st.status();
         st->Bind(1, name);
         const int rc = st->Step();
@@ -470,7 +433,7 @@ public:
     Result<StoreStats> Stats() override {
         auto lease = readers_.Acquire();
         if (!lease.ok()) return lease.status();
-        Reader& r = ***lease;
+        Reader& r = **lease;
         return InReadTxn(r, [&]() -> Result<StoreStats> {
             StoreStats st;
             st.backend = "sqlite";

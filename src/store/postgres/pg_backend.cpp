@@ -1,0 +1,630 @@
+#include "store/postgres/pg_backend.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
+#include "store/pool.hpp"
+#include "store/postgres/pg_conn.hpp"
+#include "store/postgres/pg_schema.hpp"
+
+namespace keel::detail {
+namespace {
+
+using pg::Conn;
+using pg::Params;
+using pg::ResultPtr;
+
+constexpr std::string_view kEventColumns =
+    "global_position, event_id, stream_id, stream_version, type, data, metadata, recorded_at";
+constexpr std::string_view kStreamColumns =
+    "stream_id, version, state, max_count, max_age_us, truncate_before, custom_metadata, updated_at";
+
+struct PgConfig {
+    std::string conninfo;  // for libpq
+    std::string schema;    // empty: the connection's default search_path
+};
+
+Result<PgConfig> ParseConfig(const ParsedUri& uri) {
+    PgConfig cfg;
+    std::string query;
+    bool has_timeout = false;
+    for (const auto& [k, v] : uri.query) {
+        if (k == "schema") {
+            if (v.empty()) return Status::InvalidArgument("postgresql URI: schema= needs a name");
+            cfg.schema = v;
+            continue;
+        }
+        if (k == "connect_timeout") has_timeout = true;
+        query += (query.empty() ? "" : "&") + k + "=" + v;
+    }
+    if (!has_timeout) query += std::string(query.empty() ? "" : "&") + "connect_timeout=10";
+    query += "&application_name=keel";
+    if (!uri.rest.starts_with("//")) {
+        return Status::InvalidArgument(
+            "postgresql URI must look like postgresql://user:password@host:port/database");
+    }
+    cfg.conninfo = "postgresql:" + uri.rest + "?" + query;
+    return cfg;
+}
+
+RecordedEvent DecodeEvent(const PGresult* r, int row) {
+    RecordedEvent e;
+    e.global_position = pg::GetInt8(r, row, 0);
+    auto id = Uuid::FromBytes(pg::GetBytes(r, row, 1));
+    if (id.ok()) e.event_id = *id;
+    e.stream_id = std::string(pg::GetBytes(r, row, 2));
+    e.stream_version = pg::GetInt8(r, row, 3);
+    e.type = std::string(pg::GetBytes(r, row, 4));
+    e.data = std::string(pg::GetBytes(r, row, 5));
+    e.metadata = std::string(pg::GetBytes(r, row, 6));
+    e.recorded_at = pg::GetInt8(r, row, 7);
+    return e;
+}
+
+StreamInfo DecodeStream(const PGresult* r, int row) {
+    StreamInfo info;
+    info.stream_id = std::string(pg::GetBytes(r, row, 0));
+    info.version = pg::GetInt8(r, row, 1);
+    info.state = static_cast<StreamState>(pg::GetInt4(r, row, 2));
+    info.metadata.max_count = pg::GetOptInt8(r, row, 3);
+    if (auto age = pg::GetOptInt8(r, row, 4)) info.metadata.max_age = std::chrono::microseconds(*age);
+    info.metadata.truncate_before = pg::GetOptInt8(r, row, 5);
+    info.metadata.custom = std::string(pg::GetBytes(r, row, 6));
+    info.updated_at = pg::GetInt8(r, row, 7);
+    return info;
+}
+
+std::vector<RecordedEvent> DecodeEvents(const PGresult* r) {
+    std::vector<RecordedEvent> out;
+    const int n = PQntuples(r);
+    out.reserve(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) out.push_back(DecodeEvent(r, i));
+    return out;
+}
+
+// The statements every connection prepares (name, SQL, parameter types).
+struct StmtDef {
+    const char* name;
+    std::string sql;
+    std::vector<Oid> types;
+};
+
+std::vector<StmtDef> Statements() {
+    using namespace pg;
+    const std::string range = " AND ($3::int8 IS NULL OR recorded_at >= $3) AND ($4::int8 IS NULL OR "
+                              "global_position <= $4) AND ($5::int8 IS NULL OR recorded_at <= $5)";
+    return {
+        {"append",
+         "SELECT code, actual, first_pos, last_pos, next_version FROM keel_append($1, $2, $3, $4, $5, $6, $7, $8)",
+         {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        {"lookup_id",
+         "SELECT global_position, stream_id, stream_version, type, data, metadata FROM keel_events WHERE event_id = $1",
+         {kUuidOid}},
+        {"get_stream", fmt::format("SELECT {} FROM keel_streams WHERE stream_id = $1", kStreamColumns), {kTextOid}},
+        {"stream_fwd",
+         fmt::format("SELECT {} FROM keel_events WHERE stream_id = $1 AND stream_version >= $2{} "
+                     "ORDER BY stream_version ASC LIMIT $6",
+                     kEventColumns, range),
+         {kTextOid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid}},
+        {"stream_bwd",
+         fmt::format("SELECT {} FROM keel_events WHERE stream_id = $1 AND stream_version <= $2 AND "
+                     "stream_version >= $7{} ORDER BY stream_version DESC LIMIT $6",
+                     kEventColumns, range),
+         {kTextOid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid}},
+        // $all after the event with the largest position below $1, in commit-horizon order.
+        {"read_all",
+         fmt::format(
+             "WITH c AS (SELECT transaction_id AS x, global_position AS p FROM keel_events WHERE global_position < $1 "
+             "ORDER BY global_position DESC LIMIT 1) "
+             "SELECT {} FROM keel_events e WHERE (e.transaction_id, e.global_position) > "
+             "(COALESCE((SELECT x FROM c), '0'::xid8), COALESCE((SELECT p FROM c), 0)) "
+             "AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+             "AND ($2::int8 IS NULL OR e.global_position <= $2) AND ($3::int8 IS NULL OR e.recorded_at <= $3) "
+             "AND ($4::text[] IS NULL OR split_part(e.stream_id, '-', 1) = ANY($4)) "
+             "AND ($5::text[] IS NULL OR e.type = ANY($5)) "
+             "ORDER BY e.transaction_id, e.global_position LIMIT $6",
+             kEventColumns),
+         {kInt8Oid, kInt8Oid, kInt8Oid, kTextArrayOid, kTextArrayOid, kInt8Oid}},
+        // The last event in $all order that every reader can see.
+        {"head",
+         "SELECT global_position FROM keel_events WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+         "ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+         {}},
+        {"load_snapshot", "SELECT stream_id, version, type, data, recorded_at FROM keel_snapshots WHERE stream_id = $1",
+         {kTextOid}},
+    };
+}
+
+// A connection with keel's search_path and prepared statements.
+Result<std::unique_ptr<Conn>> OpenConn(const PgConfig& cfg) {
+    auto conn = Conn::Connect(cfg.conninfo);
+    if (!conn.ok()) return conn.status();
+    if (!cfg.schema.empty()) {
+        char* ident = PQescapeIdentifier((*conn)->get(), cfg.schema.data(), cfg.schema.size());
+        if (ident == nullptr) return Status::InvalidArgument("postgresql URI: bad schema name '" + cfg.schema + "'");
+        const std::string quoted(ident);
+        PQfreemem(ident);
+        KEEL_RETURN_IF_ERROR((*conn)->Exec("SET search_path TO " + quoted));
+    }
+    return conn;
+}
+
+Status PrepareAll(Conn& conn) {
+    for (const auto& s : Statements()) {
+        KEEL_RETURN_IF_ERROR(conn.Prepare(s.name, s.sql, static_cast<int>(s.types.size()), s.types.data()));
+    }
+    return Status::Ok();
+}
+
+Result<std::unique_ptr<Conn>> OpenPreparedConn(const PgConfig& cfg) {
+    auto conn = OpenConn(cfg);
+    if (!conn.ok()) return conn.status();
+    KEEL_RETURN_IF_ERROR(PrepareAll(**conn));
+    return conn;
+}
+
+Status Migrate(Conn& conn, const PgConfig& cfg) {
+    if (!cfg.schema.empty()) {
+        char* ident = PQescapeIdentifier(conn.get(), cfg.schema.data(), cfg.schema.size());
+        const std::string quoted(ident != nullptr ? ident : "");
+        PQfreemem(ident);
+        KEEL_RETURN_IF_ERROR(conn.Exec("CREATE SCHEMA IF NOT EXISTS " + quoted));
+    }
+    KEEL_RETURN_IF_ERROR(conn.Exec("BEGIN"));
+    auto body = [&]() -> Status {
+        // Serializes concurrent first opens by several processes.
+        KEEL_RETURN_IF_ERROR(conn.Exec("SELECT pg_advisory_xact_lock(7305186411)"));
+        KEEL_RETURN_IF_ERROR(conn.Exec(
+            "CREATE TABLE IF NOT EXISTS keel_schema (component text PRIMARY KEY, version bigint NOT NULL, "
+            "updated_at bigint NOT NULL)"));
+        auto v = conn.ExecParams("SELECT version FROM keel_schema WHERE component = 'event_store'", Params());
+        if (!v.ok()) return v.status();
+        int64_t version = PQntuples(v->get()) == 0 ? 0 : pg::GetInt8(v->get(), 0, 0);
+        if (version > kPostgresSchemaVersion) {
+            return Status::NotSupported(fmt::format(
+                "PostgreSQL store {} has event-store schema version {}, newer than this keel build supports ({}); "
+                "upgrade keel",
+                conn.Describe(), version, kPostgresSchemaVersion));
+        }
+        for (int64_t i = version; i < kPostgresSchemaVersion; ++i) {
+            KEEL_RETURN_IF_ERROR(conn.Exec(pg_schema::kMigrations[static_cast<size_t>(i)])
+                                     .WithContext(fmt::format("migrating schema {} -> {}", i, i + 1)));
+        }
+        if (version != kPostgresSchemaVersion) {
+            auto r = conn.ExecParams(
+                "INSERT INTO keel_schema (component, version, updated_at) VALUES ('event_store', $1, $2) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                Params().Int8(kPostgresSchemaVersion).Int8(NowMicros()));
+            if (!r.ok()) return r.status();
+        }
+        return Status::Ok();
+    };
+    Status s = body();
+    if (!s.ok()) {
+        (void)conn.Exec("ROLLBACK");
+        return s;
+    }
+    return conn.Exec("COMMIT");
+}
+
+int32_t KindCode(ExpectedVersion e) {
+    switch (e.kind()) {
+        case ExpectedVersion::Kind::kAny: return 0;
+        case ExpectedVersion::Kind::kNoStream: return 1;
+        case ExpectedVersion::Kind::kStreamExists: return 2;
+        case ExpectedVersion::Kind::kExact: return 3;
+    }
+    return 0;
+}
+
+Params AppendParams(const AppendRequest& r, int64_t now) {
+    std::vector<std::string_view> ids, types, data, meta;
+    for (const EventData& e : r.events) {
+        ids.push_back(e.event_id.bytes_view());
+        types.push_back(e.type);
+        data.push_back(e.data);
+        meta.push_back(e.metadata);
+    }
+    Params p;
+    p.Text(r.stream).Int4(KindCode(r.expected)).Int8(r.expected.version());
+    p.Array(pg::kUuidArrayOid, pg::kUuidOid, ids);
+    p.Array(pg::kTextArrayOid, pg::kTextOid, types);
+    p.Array(pg::kByteaArrayOid, pg::kByteaOid, data);
+    p.Array(pg::kTextArrayOid, pg::kTextOid, meta);
+    p.Int8(now);
+    return p;
+}
+
+// How long an append batch keeps retrying through lost connections before giving up.
+constexpr auto kReconnectBudget = std::chrono::seconds(15);
+
+class PostgresBackend final : public StoreBackend {
+public:
+    PostgresBackend(PgConfig cfg, std::unique_ptr<Conn> writer)
+        : cfg_(std::move(cfg)),
+          writer_(std::move(writer)),
+          readers_([cfg = cfg_] { return OpenPreparedConn(cfg); }, /*max_idle=*/8) {}
+
+    void AppendBatch(std::span<AppendRequest* const> batch) override {
+        std::lock_guard lock(write_mu_);
+        const auto deadline = std::chrono::steady_clock::now() + kReconnectBudget;
+        auto backoff = std::chrono::milliseconds(50);
+        for (;;) {
+            Status s = TryAppendBatch(batch);
+            if (s.ok()) return;
+            const bool lost = writer_ == nullptr || pg::IsConnectionLost(writer_->get());
+            if (!lost || std::chrono::steady_clock::now() >= deadline) {
+                for (AppendRequest* r : batch) {
+                    r->result = lost ? s.WithContext("the connection to PostgreSQL was lost and did not come back; "
+                                                     "the append's outcome is unknown, and retrying it with the "
+                                                     "same event ids is safe")
+                                     : s;
+                }
+                return;
+            }
+            // The connection broke; whether the commit happened is unknown. Reconnect and run the same batch
+            // again: appends that did commit come back as idempotent re-sends (their event ids are stored).
+            writer_.reset();
+            readers_.Clear();
+            std::this_thread::sleep_for(backoff);
+            backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+            auto conn = OpenPreparedConn(cfg_);
+            if (conn.ok()) writer_ = std::move(*conn);
+        }
+    }
+
+    Result<std::vector<RecordedEvent>> ReadStreamRange(std::string_view stream, const StreamRange& range) override {
+        Params p;
+        p.Text(stream);
+        p.Int8(range.direction == ReadDirection::kForward ? std::max(range.from_version, range.min_version)
+                                                          : range.from_version);
+        p.OptInt8(range.min_recorded_at).OptInt8(range.max_position).OptInt8(range.max_recorded_at);
+        p.Int8(range.limit == 0 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(range.limit));
+        if (range.direction == ReadDirection::kBackward) p.Int8(range.min_version);
+        auto r = ReadPrepared(range.direction == ReadDirection::kForward ? "stream_fwd" : "stream_bwd", p);
+        if (!r.ok()) return r.status();
+        return DecodeEvents(r->get());
+    }
+
+    Result<ReadAllSlice> ReadAll(const ReadAllOptions& o) override {
+        Params p;
+        p.Int8(o.from_position).OptInt8(o.as_of_position).OptInt8(o.as_of_time);
+        p.TextArray(o.categories).TextArray(o.types);
+        p.Int8(o.limit == 0 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(o.limit));
+        auto r = ReadPrepared("read_all", p);
+        if (!r.ok()) return r.status();
+        ReadAllSlice slice;
+        slice.events = DecodeEvents(r->get());
+        const bool full = o.limit != 0 && slice.events.size() >= o.limit;
+        slice.end_of_all = !full;
+        slice.next_position = slice.events.empty() ? o.from_position : slice.events.back().global_position + 1;
+        return slice;
+    }
+
+    Result<int64_t> HeadPosition() override {
+        auto r = ReadPrepared("head", Params());
+        if (!r.ok()) return r.status();
+        return PQntuples(r->get()) == 0 ? int64_t{0} : pg::GetInt8(r->get(), 0, 0);
+    }
+
+    Result<std::optional<StreamInfo>> GetStream(std::string_view stream) override {
+        auto r = ReadPrepared("get_stream", Params().Text(stream));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<StreamInfo>();
+        return std::optional<StreamInfo>(DecodeStream(r->get(), 0));
+    }
+
+    Result<std::vector<StreamInfo>> ListStreams(std::string_view after, size_t limit) override {
+        auto r = Read(fmt::format("SELECT {} FROM keel_streams WHERE stream_id > $1 COLLATE \"C\" "
+                                  "ORDER BY stream_id COLLATE \"C\" LIMIT $2",
+                                  kStreamColumns),
+                      Params().Text(after).Int8(limit == 0 ? std::numeric_limits<int64_t>::max()
+                                                           : static_cast<int64_t>(limit)));
+        if (!r.ok()) return r.status();
+        std::vector<StreamInfo> out;
+        for (int i = 0; i < PQntuples(r->get()); ++i) out.push_back(DecodeStream(r->get(), i));
+        return out;
+    }
+
+    Status SetStreamMetadata(std::string_view stream, const StreamMetadata& m) override {
+        return WriteTxn("setting stream metadata", [&](Conn& c) -> Status {
+            auto info = LockStream(c, stream);
+            if (!info.ok()) return info.status();
+            if (info->has_value() && (*info)->state == StreamState::kTombstoned) return Tombstoned(stream);
+            Params p;
+            p.Text(stream).OptInt8(m.max_count);
+            p.OptInt8(m.max_age ? std::optional<int64_t>(m.max_age->count()) : std::nullopt);
+            p.OptInt8(m.truncate_before).Text(m.custom).Int8(NowMicros());
+            return c.ExecParams(
+                        "INSERT INTO keel_streams (stream_id, version, state, max_count, max_age_us, truncate_before, "
+                        "custom_metadata, updated_at) VALUES ($1, -1, 0, $2, $3, $4, $5, $6) "
+                        "ON CONFLICT (stream_id) DO UPDATE SET max_count = excluded.max_count, max_age_us = "
+                        "excluded.max_age_us, truncate_before = excluded.truncate_before, custom_metadata = "
+                        "excluded.custom_metadata, updated_at = excluded.updated_at",
+                        p)
+                .status();
+        });
+    }
+
+    Status DeleteStream(std::string_view stream, ExpectedVersion expected, DeleteMode mode) override {
+        return WriteTxn("deleting a stream", [&](Conn& c) -> Status {
+            auto info = LockStream(c, stream);
+            if (!info.ok()) return info.status();
+            const StreamInfo* current = info->has_value() ? &**info : nullptr;
+            KEEL_RETURN_IF_ERROR(CheckExpected(stream, expected, current));
+            if (mode == DeleteMode::kSoft && EffectiveVersion(current) < 0) {
+                return Status::NotFound(fmt::format("stream '{}' does not exist; nothing to delete", stream));
+            }
+            // A snapshot folds the deleted events: a re-opened stream must not start from it.
+            KEEL_RETURN_IF_ERROR(
+                c.ExecParams("DELETE FROM keel_snapshots WHERE stream_id = $1", Params().Text(stream)).status());
+            if (mode == DeleteMode::kSoft) {
+                return c.ExecParams("UPDATE keel_streams SET state = 1, truncate_before = version + 1, "
+                                    "updated_at = $2 WHERE stream_id = $1",
+                                    Params().Text(stream).Int8(NowMicros()))
+                    .status();
+            }
+            return c.ExecParams("INSERT INTO keel_streams (stream_id, version, state, updated_at) VALUES ($1, -1, 2, $2) "
+                                "ON CONFLICT (stream_id) DO UPDATE SET state = 2, updated_at = excluded.updated_at",
+                                Params().Text(stream).Int8(NowMicros()))
+                .status();
+        });
+    }
+
+    Status SaveSnapshot(const Snapshot& s) override {
+        return WriteTxn("saving a snapshot", [&](Conn& c) -> Status {
+            Params p;
+            p.Text(s.stream_id).Int8(s.version).Text(s.type).Bytea(s.data).Int8(NowMicros());
+            return c.ExecParams("INSERT INTO keel_snapshots (stream_id, version, type, data, recorded_at) "
+                                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id) DO UPDATE SET version = "
+                                "excluded.version, type = excluded.type, data = excluded.data, recorded_at = "
+                                "excluded.recorded_at",
+                                p)
+                .status();
+        });
+    }
+
+    Result<std::optional<Snapshot>> LoadSnapshot(std::string_view stream) override {
+        auto r = ReadPrepared("load_snapshot", Params().Text(stream));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<Snapshot>();
+        Snapshot s;
+        s.stream_id = std::string(pg::GetBytes(r->get(), 0, 0));
+        s.version = pg::GetInt8(r->get(), 0, 1);
+        s.type = std::string(pg::GetBytes(r->get(), 0, 2));
+        s.data = std::string(pg::GetBytes(r->get(), 0, 3));
+        s.recorded_at = pg::GetInt8(r->get(), 0, 4);
+        return std::optional<Snapshot>(std::move(s));
+    }
+
+    Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
+        auto r = Read("SELECT position FROM keel_checkpoints WHERE name = $1", Params().Text(name));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<int64_t>();
+        return std::optional<int64_t>(pg::GetInt8(r->get(), 0, 0));
+    }
+
+    Status SaveCheckpoint(std::string_view name, int64_t position) override {
+        // The checkpoint keeps the compound cursor: the position and the transaction id of that event.
+        return WriteTxn("saving a checkpoint", [&](Conn& c) -> Status {
+            return c.ExecParams(
+                        "INSERT INTO keel_checkpoints (name, position, transaction_id, updated_at) VALUES ($1, $2, "
+                        "(SELECT transaction_id FROM keel_events WHERE global_position = $2), $3) "
+                        "ON CONFLICT (name) DO UPDATE SET position = excluded.position, transaction_id = "
+                        "excluded.transaction_id, updated_at = excluded.updated_at",
+                        Params().Text(name).Int8(position).Int8(NowMicros()))
+                .status();
+        });
+    }
+
+    Result<StoreStats> Stats() override {
+        auto r = Read(
+            "SELECT (SELECT count(*) FROM keel_events), (SELECT count(*) FROM keel_streams), "
+            "(SELECT pg_total_relation_size('keel_events') + pg_total_relation_size('keel_streams') + "
+            "pg_total_relation_size('keel_snapshots'))::int8",
+            Params());
+        if (!r.ok()) return r.status();
+        StoreStats st;
+        st.backend = "postgresql";
+        st.events = pg::GetInt8(r->get(), 0, 0);
+        st.streams = pg::GetInt8(r->get(), 0, 1);
+        st.size_bytes = pg::GetInt8(r->get(), 0, 2);
+        auto head = HeadPosition();
+        if (!head.ok()) return head.status();
+        st.head_position = *head;
+        auto cps = Read("SELECT name, position, updated_at FROM keel_checkpoints ORDER BY name", Params());
+        if (!cps.ok()) return cps.status();
+        for (int i = 0; i < PQntuples(cps->get()); ++i) {
+            st.checkpoints.push_back(CheckpointInfo{std::string(pg::GetBytes(cps->get(), i, 0)),
+                                                    pg::GetInt8(cps->get(), i, 1), pg::GetInt8(cps->get(), i, 2)});
+        }
+        auto lease = readers_.Acquire();
+        if (lease.ok()) st.location = (**lease).Describe() + (cfg_.schema.empty() ? "" : " schema " + cfg_.schema);
+        return st;
+    }
+
+private:
+    static Status Tombstoned(std::string_view stream) {
+        return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
+    }
+
+    // One attempt at a batch: BEGIN, one keel_append per request, COMMIT — all in one pipeline. Returns non-OK only
+    // when the batch as a whole failed (every request's result is then left to the caller).
+    Status TryAppendBatch(std::span<AppendRequest* const> batch) {
+        if (writer_ == nullptr) return Status::Unavailable("no connection to PostgreSQL");
+        PGconn* c = writer_->get();
+        const int64_t now = std::max(NowMicros(), last_now_);
+        if (PQenterPipelineMode(c) != 1) return pg::ToStatus(c, nullptr, "entering pipeline mode");
+        auto exit_pipeline = [&] { PQexitPipelineMode(c); };
+        auto send = [&](const char* sql) {
+            return PQsendQueryParams(c, sql, 0, nullptr, nullptr, nullptr, nullptr, 1) == 1;
+        };
+        bool sent = send("BEGIN");
+        for (AppendRequest* r : batch) {
+            if (!sent) break;
+            Params p = AppendParams(*r, now);
+            sent = PQsendQueryPrepared(c, "append", p.size(), p.values(), p.lengths(), p.formats(), 1) == 1;
+        }
+        sent = sent && send("COMMIT") && PQpipelineSync(c) == 1;
+        if (!sent) {
+            Status s = pg::ToStatus(c, nullptr, "sending appends");
+            exit_pipeline();
+            return s;
+        }
+        // Results: BEGIN, one per request, COMMIT, then the sync marker.
+        std::vector<ResultPtr> results;
+        Status failure;
+        for (size_t i = 0; i < batch.size() + 2; ++i) {
+            ResultPtr r(PQgetResult(c));
+            if (!r) {
+                failure = pg::ToStatus(c, nullptr, "reading append results");
+                break;
+            }
+            while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // the NULL that ends this query's results
+            const auto st = PQresultStatus(r.get());
+            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && failure.ok()) {
+                failure = pg::ToStatus(c, r.get(), i == 0 ? "BEGIN" : i == batch.size() + 1 ? "COMMIT" : "append");
+            }
+            results.push_back(std::move(r));
+        }
+        if (failure.ok() || !pg::IsConnectionLost(c)) {
+            ResultPtr sync(PQgetResult(c));
+            while (sync && PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) sync.reset(PQgetResult(c));
+        }
+        exit_pipeline();
+        if (!failure.ok()) return failure;
+        last_now_ = now;
+
+        // Decide each request; ids already stored need lookups (after the commit: stored events are permanent).
+        for (size_t i = 0; i < batch.size(); ++i) {
+            AppendRequest& req = *batch[i];
+            const PGresult* r = results[i + 1].get();
+            const int32_t code = pg::GetInt4(r, 0, 0);
+            if (code == 0) {
+                AppendResult ok;
+                ok.first_position = pg::GetInt8(r, 0, 2);
+                ok.last_position = pg::GetInt8(r, 0, 3);
+                ok.next_expected_version = pg::GetInt8(r, 0, 4);
+                req.result = ok;
+                continue;
+            }
+            if (code == 3) {
+                req.result = Tombstoned(req.stream);
+                continue;
+            }
+            const int64_t actual = pg::IsNull(r, 0, 1) ? -1 : pg::GetInt8(r, 0, 1);
+            auto replay = MatchStoredAppend(req.stream, req.expected, req.events,
+                                            [&](const Uuid& id) { return LookupEventId(id); });
+            if (!replay.ok()) {
+                req.result = replay.status();
+            } else if (replay->has_value()) {
+                req.result = **replay;
+            } else if (code == 2) {
+                req.result = Status::Unavailable("an event id was reported stored but cannot be found; retry");
+            } else {
+                StreamInfo info;
+                info.version = actual;
+                req.result = CheckExpected(req.stream, req.expected, actual < 0 ? nullptr : &info);
+                if (req.result.ok()) {
+                    req.result = Status::WrongExpectedVersion(
+                        fmt::format("stream '{}': expected version {} but the stream is at {}", req.stream,
+                                    req.expected.ToString(), actual),
+                        actual);
+                }
+            }
+        }
+        return Status::Ok();
+    }
+
+    Result<std::optional<StoredEventRef>> LookupEventId(const Uuid& id) {
+        auto r = writer_->ExecPrepared("lookup_id", Params().Uuid(id));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<StoredEventRef>();
+        const PGresult* x = r->get();
+        return std::optional<StoredEventRef>(StoredEventRef{
+            pg::GetInt8(x, 0, 0), std::string(pg::GetBytes(x, 0, 1)), pg::GetInt8(x, 0, 2),
+            std::string(pg::GetBytes(x, 0, 3)), std::string(pg::GetBytes(x, 0, 4)), std::string(pg::GetBytes(x, 0, 5))});
+    }
+
+    // The stream's row, locked for this transaction (writer connection).
+    Result<std::optional<StreamInfo>> LockStream(Conn& c, std::string_view stream) {
+        auto r = c.ExecParams(fmt::format("SELECT {} FROM keel_streams WHERE stream_id = $1 FOR UPDATE", kStreamColumns),
+                              Params().Text(stream));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<StreamInfo>();
+        return std::optional<StreamInfo>(DecodeStream(r->get(), 0));
+    }
+
+    template <class F>
+    Status WriteTxn(std::string_view what, F&& body) {
+        std::lock_guard lock(write_mu_);
+        for (int attempt = 0;; ++attempt) {
+            if (writer_ == nullptr || pg::IsConnectionLost(writer_->get())) {
+                auto conn = OpenPreparedConn(cfg_);
+                if (!conn.ok()) return conn.status().WithContext(what);
+                writer_ = std::move(*conn);
+            }
+            Status s = writer_->Exec("BEGIN");
+            if (s.ok()) {
+                s = body(*writer_);
+                if (s.ok()) {
+                    s = writer_->Exec("COMMIT");
+                } else {
+                    (void)writer_->Exec("ROLLBACK");
+                    if (!pg::IsConnectionLost(writer_->get())) return s;
+                }
+            }
+            if (s.ok()) return s;
+            // These writes are idempotent (upserts of a final state), so one retry after a reconnect is safe.
+            if (!pg::IsConnectionLost(writer_->get()) || attempt >= 1) return s.WithContext(what);
+            writer_.reset();
+        }
+    }
+
+    // A read on a pooled connection; a connection found broken is dropped and the read retried once.
+    template <class F>
+    Result<ResultPtr> WithReader(F&& fn) {
+        for (int attempt = 0;; ++attempt) {
+            auto lease = readers_.Acquire();
+            if (!lease.ok()) return lease.status();
+            auto r = fn(**lease);
+            if (r.ok() || !pg::IsConnectionLost((*lease)->get()) || attempt >= 1) {
+                if (!r.ok() && pg::IsConnectionLost((*lease)->get())) lease->Discard();
+                return r;
+            }
+            lease->Discard();
+            readers_.Clear();
+        }
+    }
+
+    Result<ResultPtr> ReadPrepared(const char* name, const Params& p) {
+        return WithReader([&](Conn& c) { return c.ExecPrepared(name, p); });
+    }
+
+    Result<ResultPtr> Read(const std::string& sql, const Params& p) {
+        return WithReader([&](Conn& c) { return c.ExecParams(sql, p); });
+    }
+
+    PgConfig cfg_;
+    std::unique_ptr<Conn> writer_;
+    Pool<Conn> readers_;
+    std::mutex write_mu_;
+    int64_t last_now_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<StoreBackend>> OpenPostgresBackend(const ParsedUri& uri, const StoreOptions&) {
+    auto cfg = ParseConfig(uri);
+    if (!cfg.ok()) return cfg.status();
+    auto conn = OpenConn(*cfg);
+    if (!conn.ok()) return conn.status();
+    KEEL_RETURN_IF_ERROR(Migrate(**conn, *cfg));
+    KEEL_RETURN_IF_ERROR(PrepareAll(**conn));
+    return std::unique_ptr<StoreBackend>(std::make_unique<PostgresBackend>(std::move(*cfg), std::move(*conn)));
+}
+
+}  // namespace keel::detail

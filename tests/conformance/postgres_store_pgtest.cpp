@@ -1,0 +1,269 @@
+// The event-store conformance suite and the PostgreSQL-specific guarantees, against a real server.
+// Needs KEEL_TEST_PG (scripts/services.sh env prints it); without it every test here fails, it does not skip.
+// Each test gets its own PostgreSQL schema (the URI's ?schema=), dropped afterwards.
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "conformance/event_store_conformance.hpp"
+#include "keel/event_store.hpp"
+#include "keel/subscription.hpp"
+
+namespace {
+
+using keel::EventData;
+using keel::ExpectedVersion;
+using keel::StatusCode;
+using keel::Uuid;
+
+std::string ServerUri() {
+    const char* uri = std::getenv("KEEL_TEST_PG");
+    return uri != nullptr ? uri : "";
+}
+
+std::string SchemaUri(const std::string& schema) { return ServerUri() + "?schema=" + schema; }
+
+std::string NewSchemaName() {
+    static std::atomic<int> counter{0};
+    return "keel_t_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
+}
+
+// A raw libpq connection for test set-up and for playing "the other writer".
+class RawConn {
+public:
+    explicit RawConn(const std::string& uri) : c_(PQconnectdb(uri.c_str())) {}
+    ~RawConn() { PQfinish(c_); }
+    bool ok() const { return PQstatus(c_) == CONNECTION_OK; }
+    std::string error() const { return PQerrorMessage(c_); }
+    // Runs SQL and returns the first column of the first row ("" if none); records failures.
+    std::string Exec(const std::string& sql) {
+        PGresult* r = PQexec(c_, sql.c_str());
+        std::string out;
+        const auto st = PQresultStatus(r);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            ADD_FAILURE() << sql << ": " << PQresultErrorMessage(r);
+        } else if (st == PGRES_TUPLES_OK && PQntuples(r) > 0) {
+            out = PQgetvalue(r, 0, 0);
+        }
+        PQclear(r);
+        return out;
+    }
+
+private:
+    PGconn* c_;
+};
+
+void DropSchema(const std::string& schema) {
+    RawConn c(ServerUri());
+    if (c.ok()) c.Exec("DROP SCHEMA IF EXISTS " + schema + " CASCADE");
+}
+
+keel::testing::BackendFactory PostgresBackendFactory() {
+    auto schema = std::make_shared<std::string>();
+    keel::testing::BackendFactory f;
+    f.name = "postgres";
+    f.durable = true;
+    f.setup = [schema](std::string_view) {
+        ASSERT_FALSE(ServerUri().empty())
+            << "KEEL_TEST_PG is not set: start the servers with scripts/services.sh start and "
+               "eval \"$(scripts/services.sh env)\" (make test does both)";
+        *schema = NewSchemaName();
+    };
+    f.open_with = [schema](const keel::StoreOptions& o) { return keel::OpenStore(SchemaUri(*schema), o); };
+    f.open = [schema] { return keel::OpenStore(SchemaUri(*schema)); };
+    f.teardown = [schema] { DropSchema(*schema); };
+    return f;
+}
+
+class PostgresTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        ASSERT_FALSE(ServerUri().empty()) << "KEEL_TEST_PG is not set (scripts/services.sh env)";
+        schema_ = NewSchemaName();
+        uri_ = SchemaUri(schema_);
+        auto s = keel::OpenStore(uri_);
+        ASSERT_TRUE(s.ok()) << s.status().ToString();
+        store_ = std::move(*s);
+    }
+    void TearDown() override {
+        store_.reset();
+        DropSchema(schema_);
+    }
+    std::string schema_;
+    std::string uri_;
+    std::unique_ptr<keel::EventStore> store_;
+};
+
+EventData Event(std::string type, std::string data = "{}") { return EventData{Uuid::Generate(), std::move(type), std::move(data), ""}; }
+
+// Writers commit out of order: A inserts first and holds its transaction open, B inserts later and commits first.
+// A subscriber reading meanwhile must not get B yet (that would make it skip A forever); after A commits it gets
+// both, A's first.
+TEST_F(PostgresTest, SubscriberNeverSkipsAnEarlierTransactionThatCommitsLater) {
+    ASSERT_TRUE(store_->Append("Setup-1", ExpectedVersion::Any(), {Event("Before")}).ok());
+
+    RawConn a(ServerUri());
+    ASSERT_TRUE(a.ok()) << a.error();
+    a.Exec("SET search_path TO " + schema_);
+    a.Exec("BEGIN");
+    a.Exec("SELECT code FROM keel_append('A-1', 0, 0, ARRAY['" + Uuid::Generate().ToString() +
+           "']::uuid[], ARRAY['FromA'], ARRAY['\\x7b7d'::bytea], ARRAY[''], 1)");
+
+    std::mutex mu;
+    std::vector<std::string> seen;
+    keel::SubscriptionOptions options;
+    options.poll_interval = std::chrono::milliseconds(20);
+    auto sub = store_->Subscribe(options, [&](const keel::RecordedEvent& e) {
+        std::lock_guard lock(mu);
+        seen.push_back(e.type);
+        return keel::Status::Ok();
+    });
+    ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+
+    ASSERT_TRUE(store_->Append("B-1", ExpectedVersion::Any(), {Event("FromB")}).ok());  // B commits first
+    // Give the subscriber many chances to (wrongly) deliver B while A is still open.
+    for (int i = 0; i < 25; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        std::lock_guard lock(mu);
+        ASSERT_EQ(std::count(seen.begin(), seen.end(), "FromB"), 0) << "B was delivered while A was uncommitted";
+    }
+    {
+        std::lock_guard lock(mu);
+        ASSERT_EQ(seen, std::vector<std::string>{"Before"});
+    }
+    a.Exec("COMMIT");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+        {
+            std::lock_guard lock(mu);
+            if (seen.size() >= 3 || std::chrono::steady_clock::now() > deadline) break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE((*sub)->Stop().ok());
+    EXPECT_EQ(seen, (std::vector<std::string>{"Before", "FromA", "FromB"}));
+
+    // A plain $all read gives the same order.
+    auto all = store_->ReadAll({}).value();
+    ASSERT_EQ(all.events.size(), 3u);
+    EXPECT_EQ(all.events[1].type, "FromA");
+    EXPECT_EQ(all.events[2].type, "FromB");
+}
+
+// Two OS processes append to the same streams with exact expected versions: every conflict is detected and no
+// (stream, version) is written twice.
+TEST_F(PostgresTest, TwoProcessesWithExactVersionsNeverWriteAVersionTwice) {
+    constexpr int kAttempts = 150;
+    int pipes[2][2];
+    pid_t pids[2];
+    for (int p = 0; p < 2; ++p) {
+        ASSERT_EQ(::pipe(pipes[p]), 0);
+        pids[p] = ::fork();
+        ASSERT_GE(pids[p], 0);
+        if (pids[p] == 0) {
+            ::close(pipes[p][0]);
+            int ok = 0, conflicts = 0, other = 0;
+            {
+                auto store = keel::OpenStore(uri_);
+                if (!store.ok()) ::_exit(3);
+                for (int i = 0; i < kAttempts; ++i) {
+                    const std::string stream = "Shared-" + std::to_string(i % 3);
+                    auto info = (*store)->GetStream(stream);
+                    const int64_t v = info.ok() ? info->version : -1;
+                    auto r = (*store)->Append(stream, ExpectedVersion::Exact(v), {Event("P" + std::to_string(p))});
+                    if (r.ok()) {
+                        ++ok;
+                    } else if (r.status().code() == StatusCode::kWrongExpectedVersion) {
+                        ++conflicts;
+                    } else {
+                        ++other;
+                        std::cerr << "child " << p << ": " << r.status().ToString() << "\n";
+                    }
+                }
+            }
+            const std::string line = std::to_string(ok) + " " + std::to_string(conflicts) + " " + std::to_string(other);
+            (void)!::write(pipes[p][1], line.data(), line.size());
+            ::_exit(0);
+        }
+        ::close(pipes[p][1]);
+    }
+    int total_ok = 0, total_conflicts = 0;
+    for (int p = 0; p < 2; ++p) {
+        int status = 0;
+        ASSERT_EQ(::waitpid(pids[p], &status, 0), pids[p]);
+        ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child " << p << " status " << status;
+        char buf[128] = {};
+        ASSERT_GT(::read(pipes[p][0], buf, sizeof buf - 1), 0);
+        ::close(pipes[p][0]);
+        int ok = 0, conflicts = 0, other = 0;
+        ASSERT_EQ(std::sscanf(buf, "%d %d %d", &ok, &conflicts, &other), 3);
+        EXPECT_EQ(other, 0);
+        EXPECT_EQ(ok + conflicts, kAttempts);
+        total_ok += ok;
+        total_conflicts += conflicts;
+    }
+    int64_t stored = 0;
+    for (int s = 0; s < 3; ++s) {
+        auto events = store_->ReadStream("Shared-" + std::to_string(s), {}).value();
+        for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].stream_version, static_cast<int64_t>(i));
+        stored += static_cast<int64_t>(events.size());
+    }
+    EXPECT_EQ(stored, total_ok);  // every success stored once, every failure detected
+    std::cout << "two processes: " << total_ok << " appends, " << total_conflicts << " conflicts detected\n";
+}
+
+// The store's connections are killed by the server (as after a failover or an idle timeout): the next append and
+// read reconnect, and an append whose outcome was unknown is never duplicated.
+TEST_F(PostgresTest, ReconnectsAfterTheServerKillsItsConnections) {
+    ASSERT_TRUE(store_->Append("Acct-1", ExpectedVersion::NoStream(), {Event("Opened")}).ok());
+    RawConn admin(ServerUri());
+    ASSERT_TRUE(admin.ok());
+    const std::string killed = admin.Exec(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'keel' AND pid <> "
+        "pg_backend_pid()");
+    EXPECT_NE(killed, "0");
+    EventData deposit = Event("Deposited", R"({"amount":5})");
+    auto r = store_->Append("Acct-1", ExpectedVersion::Exact(0), {deposit});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto resent = store_->Append("Acct-1", ExpectedVersion::Exact(0), {deposit});  // the caller's own retry
+    ASSERT_TRUE(resent.ok()) << resent.status().ToString();
+    EXPECT_TRUE(resent->already_present);
+    auto events = store_->ReadStream("Acct-1", {});
+    ASSERT_TRUE(events.ok()) << events.status().ToString();
+    ASSERT_EQ(events->size(), 2u);
+    EXPECT_EQ((*events)[1].event_id, deposit.event_id);
+}
+
+TEST(PostgresOpen, BadServerOrCredentialsGiveOneLineNamingHostPortDatabase) {
+    auto unreachable = keel::OpenStore("postgresql://keel@127.0.0.1:1/keel_test?connect_timeout=2");
+    ASSERT_EQ(unreachable.status().code(), StatusCode::kUnavailable);
+    EXPECT_NE(unreachable.status().message().find("127.0.0.1:1"), std::string::npos) << unreachable.status().message();
+    EXPECT_NE(unreachable.status().message().find("keel_test"), std::string::npos);
+    EXPECT_EQ(unreachable.status().message().find('\n'), std::string::npos);
+
+    ASSERT_FALSE(ServerUri().empty()) << "KEEL_TEST_PG is not set";
+    // The server's database with a name that does not exist.
+    std::string uri = ServerUri();
+    const std::string missing = uri.substr(0, uri.rfind('/')) + "/keel_no_such_db";
+    auto no_db = keel::OpenStore(missing);
+    ASSERT_FALSE(no_db.ok());
+    EXPECT_NE(no_db.status().message().find("keel_no_such_db"), std::string::npos) << no_db.status().message();
+    EXPECT_NE(no_db.status().message().find("does not exist"), std::string::npos) << no_db.status().message();
+
+    auto bad_uri = keel::OpenStore("postgresql:not-a-uri");
+    EXPECT_EQ(bad_uri.status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+
+KEEL_INSTANTIATE_EVENT_STORE_CONFORMANCE(Postgres, PostgresBackendFactory());
+KEEL_INSTANTIATE_DURABLE_EVENT_STORE_CONFORMANCE(Postgres, PostgresBackendFactory());

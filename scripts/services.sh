@@ -56,6 +56,9 @@ pg_start() {
         log "initdb $data"
         as_pg "$bin/initdb" -D "$data" -U keel --auth=trust --encoding=UTF8 --locale=C.UTF-8 >"$pgd/initdb.log" 2>&1 \
             || { cat "$pgd/initdb.log" >&2; die "initdb failed"; }
+        # keel_pw must authenticate with a password (the tests of wrong credentials); everyone else is trusted.
+        { echo "host all keel_pw 127.0.0.1/32 scram-sha-256"; cat "$data/pg_hba.conf"; } > "$pgd/pg_hba.new"
+        as_pg cp "$pgd/pg_hba.new" "$data/pg_hba.conf"
     fi
     if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
         log "PostgreSQL already running on 127.0.0.1:$pg_port"
@@ -66,6 +69,9 @@ pg_start() {
                 -c synchronous_commit=on -c max_connections=200 -c max_prepared_transactions=0" >/dev/null \
             || { tail -n 30 "$pgd/server.log" >&2; die "PostgreSQL did not start"; }
     fi
+    "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U keel -d postgres -qc \
+        "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keel_pw') THEN
+             CREATE ROLE keel_pw LOGIN PASSWORD 'keel_pw'; END IF; END \$\$" >/dev/null
     for db in keel_test; do
         if ! "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U keel -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1; then
             "$bin/createdb" -h 127.0.0.1 -p "$pg_port" -U keel "$db"

@@ -3,15 +3,18 @@
 /// temporal reads, stream metadata (max count, max age, truncate-before, soft and hard delete), snapshots, durable
 /// subscription checkpoints and subscriptions that never skip.
 ///
-/// A store is opened by URI (OpenStore): `memory:` (in-process, for tests) and `sqlite:///path/to/file.db`
-/// (embedded, durable). Every backend passes the same conformance suite (tests/conformance/).
+/// A store is opened by URI (OpenStore): `memory:` (in-process, for tests), `sqlite:///path/to/file.db` (embedded,
+/// durable), `postgresql://…` (docs/postgres.md) and `mysql://…` / `mariadb://…` (docs/mysql.md). Every backend
+/// passes the same conformance suite (tests/conformance/).
 ///
 /// Thread-safety: an EventStore is thread-safe; share one per process and call it from any number of threads.
 /// Concurrent Append calls are batched into one database transaction per flush (group commit); each caller keeps
 /// its own expected-version check and gets its own result. Reads never block appends.
 ///
 /// Durability: on `sqlite:` an acknowledged append survives a process crash always, and a power loss unless the
-/// store was opened with Durability::kNormal (which may lose the last commits on power loss, never on a crash).
+/// store was opened with Durability::kNormal (which may lose the last commits on power loss, never on a crash). On
+/// PostgreSQL and MariaDB it is the server's commit durability (MariaDB with kFull refuses a server whose
+/// innodb_flush_log_at_trx_commit is not 1).
 
 #include <chrono>
 #include <cstdint>
@@ -35,7 +38,8 @@ class StoreInternals;
 class Subscription;
 struct SubscriptionOptions;
 
-/// How hard a commit is pushed to disk (sqlite:). Ignored by memory:.
+/// How hard a commit is pushed to disk (sqlite:; on mysql: whether a non-durable server setting is accepted).
+/// Ignored by memory: and postgresql:.
 enum class Durability : uint8_t {
     kFull,    ///< synchronous=FULL: an acknowledged append survives power loss. The default.
     kNormal,  ///< synchronous=NORMAL: survives a process crash; power loss may lose the last commits.
@@ -48,7 +52,8 @@ struct StoreOptions {
     size_t max_events_per_append = 10'000;
     /// Default: Durability::kFull.
     Durability durability = Durability::kFull;
-    /// Create the file and the schema when missing. When false, opening a missing store is kNotFound.
+    /// Create the file (sqlite:) and the schema when missing. When false, opening a missing sqlite: file is
+    /// kNotFound.
     /// Default: true.
     bool create_if_missing = true;
     /// How long a write waits for another process holding the database's write lock before kUnavailable.
@@ -157,7 +162,7 @@ struct CheckpointInfo {
 };
 
 struct StoreStats {
-    std::string backend;  ///< "memory", "sqlite"
+    std::string backend;  ///< "memory", "sqlite", "postgresql", "mysql"
     std::string location;  ///< the file path, or empty
     int64_t events = 0;
     int64_t streams = 0;
@@ -253,10 +258,13 @@ private:
 /// - `memory:` — in-process and empty at open; nothing survives the object.
 /// - `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite:relative.db` — WAL mode, BEGIN IMMEDIATE,
 ///   synchronous=FULL unless options.durability says otherwise. `?durability=normal` in the URI overrides.
+/// - `postgresql://user:password@host:port/database[?schema=NAME]` — libpq (docs/postgres.md).
+/// - `mysql://user:password@host:port/database` (or `mariadb://`) — MariaDB client, InnoDB only (docs/mysql.md).
 /// Errors: kInvalidArgument for an unknown scheme or a malformed URI (the message lists the known schemes);
 /// kNotFound for a missing file with create_if_missing=false; kCorruption when the file is not a keel store;
 /// kNotSupported when the store was written by a newer keel (its schema version is above this build's);
-/// kUnavailable when the file cannot be opened or locked.
+/// kUnavailable when the file cannot be opened or locked or the server cannot be reached; kFailedPrecondition when a
+/// MariaDB table uses a non-transactional engine (the message names the table, the engine and the fix).
 Result<std::unique_ptr<EventStore>> OpenStore(std::string_view uri, const StoreOptions& options = {});
 
 /// The URI schemes this build can open, e.g. {"memory", "sqlite"}.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "keel/event_store.hpp"
+#include "keel/unit_of_work.hpp"
 
 namespace keel::detail {
 
@@ -47,9 +48,31 @@ struct StoredEventRef {
     std::string metadata;
 };
 
+// One open local transaction of a unit of work (unit_of_work.hpp) on the store's database. Destroying it without
+// Commit rolls back. Used by one thread.
+class TransactionBackend {
+public:
+    virtual ~TransactionBackend() = default;
+    virtual Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) = 0;
+    virtual Result<Rows> Query(std::string_view sql, std::span<const SqlValue> params) = 0;
+    // As StoreBackend::AppendBatch for one request, inside this transaction; a failed append leaves no trace.
+    virtual Result<AppendResult> Append(const AppendRequest& request) = 0;
+    // `message.message_id` is set. kAlreadyExists when that id is in the outbox already.
+    virtual Status InsertOutbox(const OutboxMessage& message) = 0;
+    // True if inserted, false if (consumer, message_id) was there.
+    virtual Result<bool> InsertInbox(std::string_view consumer, const Uuid& message_id) = 0;
+    // Ends the transaction either way. On success returns the last global position appended (0 if none).
+    virtual Result<int64_t> Commit() = 0;
+};
+
 class StoreBackend {
 public:
     virtual ~StoreBackend() = default;
+
+    // Begins a unit of work's transaction. kNotSupported for backends without transactions.
+    virtual Result<std::unique_ptr<TransactionBackend>> BeginTransaction() {
+        return Status::NotSupported("this event store cannot run units of work: it has no transactions");
+    }
 
     // Applies every request in one transaction (on the backends that have transactions), in order, each checked
     // against the stream versions left by the requests before it. A request that fails leaves no trace and does

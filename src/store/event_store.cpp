@@ -159,6 +159,12 @@ public:
         head_cv_.notify_all();
     }
 
+    void NotifyAppended(int64_t position) {
+        std::lock_guard lock(mu_);
+        if (position > head_) head_ = position;
+        head_cv_.notify_all();
+    }
+
     // Runs a backend write other than an append; the backend sees one writer at a time.
     template <class F>
     Status Write(F&& f) {
@@ -275,6 +281,8 @@ bool StoreInternals::WaitForLocalCommit(EventStore& store, int64_t position, std
 }
 
 void StoreInternals::WakeAll(EventStore& store) { store.impl_->WakeAll(); }
+
+void StoreInternals::NotifyAppended(EventStore& store, int64_t position) { store.impl_->NotifyAppended(position); }
 
 }  // namespace detail
 

@@ -19,6 +19,8 @@ public:
                                    const std::atomic<bool>& stop);
     // Wakes every WaitForLocalCommit waiter of `store` (they re-check their stop flags).
     static void WakeAll(EventStore& store);
+    // Tells the store's waiters that a unit of work committed events up to `position`.
+    static void NotifyAppended(EventStore& store, int64_t position);
 };
 
 // Validates the options, resolves the start position and starts the subscription's thread.

@@ -10,7 +10,7 @@ namespace keel::detail::sqlite_schema {
 // 'KEEL' in ASCII, written to PRAGMA application_id when the database has none.
 inline constexpr int64_t kApplicationId = 0x4B45454C;
 
-inline constexpr std::array<std::string_view, 1> kMigrations = {
+inline constexpr std::array<std::string_view, 2> kMigrations = {
     // 0 -> 1
     R"sql(
 CREATE TABLE keel_events (
@@ -46,6 +46,29 @@ CREATE TABLE keel_checkpoints (
     name       TEXT    PRIMARY KEY,
     position   INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
+    // 1 -> 2: the transactional outbox and the consumers' inbox (units of work).
+    R"sql(
+CREATE TABLE keel_outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id   BLOB    NOT NULL,
+    destination  TEXT    NOT NULL,
+    key          TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    headers      TEXT    NOT NULL,
+    created_at   INTEGER NOT NULL,
+    published_at INTEGER,
+    claimed_by   TEXT,
+    claim_until  INTEGER
+);
+CREATE UNIQUE INDEX keel_outbox_message_id ON keel_outbox (message_id);
+CREATE INDEX keel_outbox_pending ON keel_outbox (published_at, id);
+CREATE TABLE keel_inbox (
+    consumer     TEXT    NOT NULL,
+    message_id   BLOB    NOT NULL,
+    processed_at INTEGER NOT NULL,
+    PRIMARY KEY (consumer, message_id)
 ) WITHOUT ROWID;
 )sql",
 };

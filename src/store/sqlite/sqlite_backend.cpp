@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "store/pool.hpp"
 #include "store/sqlite/schema.hpp"
@@ -115,13 +117,16 @@ auto InReadTxn(Reader& r, F&& fn) -> decltype(fn()) {
     return result;
 }
 
+class SqliteTransaction;
+
 class SqliteBackend final : public StoreBackend {
 public:
     SqliteBackend(std::string path, std::string vfs, std::unique_ptr<Db> writer, const StoreOptions& options)
         : path_(std::move(path)),
           writer_(std::move(writer)),
           readers_([path = path_, vfs = std::move(vfs), busy = options.busy_timeout] { return OpenReader(path, vfs, busy); },
-                   /*max_idle=*/8) {}
+                   /*max_idle=*/8),
+          busy_timeout_(options.busy_timeout) {}
 
     Status Prepare() {
         struct {
@@ -156,25 +161,20 @@ public:
     }
 
     void AppendBatch(std::span<AppendRequest* const> batch) override {
-        std::lock_guard lock(write_mu_);
         auto fail_all = [&](const Status& s) {
             for (AppendRequest* r : batch) r->result = s;
         };
+        std::unique_lock lock(write_mu_, std::defer_lock);
+        if (!lock.try_lock_for(busy_timeout_)) return fail_all(Busy());
         if (!sticky_.ok()) return fail_all(sticky_);
         if (Status s = begin_.Exec("BEGIN IMMEDIATE"); !s.ok()) return fail_all(s);
 
-        int64_t now = NowMicros();
-        {
-            StmtReset reset(last_recorded_);
-            const int rc = last_recorded_.Step();
-            if (rc == SQLITE_ROW) {
-                now = std::max(now, last_recorded_.Int(0));
-            } else if (rc != SQLITE_DONE) {
-                Status s = ToStatus(rc, writer_->get(), "reading the last recorded_at");
-                (void)rollback_.Exec("ROLLBACK");
-                return fail_all(s);
-            }
+        auto clock = CommitClock();
+        if (!clock.ok()) {
+            (void)rollback_.Exec("ROLLBACK");
+            return fail_all(clock.status());
         }
+        const int64_t now = *clock;
         const bool savepoints = batch.size() > 1;
         bool any_written = false;
         for (AppendRequest* r : batch) {
@@ -200,17 +200,7 @@ public:
             (void)rollback_.Exec("ROLLBACK");  // nothing to make durable
             return;
         }
-        const int rc = commit_.Step();
-        commit_.Reset();
-        if (rc != SQLITE_DONE) {
-            Status s = ToStatus(rc, writer_->get(), "COMMIT of appended events");
-            if (!sqlite3_get_autocommit(writer_->get())) (void)rollback_.Exec("ROLLBACK");
-            const int primary = rc & 0xFF;
-            if (primary != SQLITE_BUSY && primary != SQLITE_LOCKED) {
-                sticky_ = Status::FailedPrecondition(
-                    fmt::format("an earlier commit failed ({}); the store refuses writes until it is reopened",
-                                s.message()));
-            }
+        if (Status s = CommitWriter("COMMIT of appended events"); !s.ok()) {
             for (AppendRequest* r : batch) {
                 if (r->result.ok() && !r->result->already_present) r->result = s;
             }
@@ -463,7 +453,6 @@ public:
         });
     }
 
-private:
     static Status Tombstoned(std::string_view stream) {
         return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
     }
@@ -481,6 +470,37 @@ private:
         return out;
     }
 
+    Result<std::unique_ptr<TransactionBackend>> BeginTransaction() override;
+
+private:
+    friend class SqliteTransaction;
+
+    // recorded_at for what this transaction appends: now, but never before the last stored event (inside a write
+    // transaction, so no other writer can slip in between).
+    Result<int64_t> CommitClock() {
+        int64_t now = NowMicros();
+        StmtReset reset(last_recorded_);
+        const int rc = last_recorded_.Step();
+        if (rc == SQLITE_ROW) return std::max(now, last_recorded_.Int(0));
+        if (rc != SQLITE_DONE) return ToStatus(rc, writer_->get(), "reading the last recorded_at");
+        return now;
+    }
+
+    // Commits the writer's transaction; a failure other than a busy database makes the store refuse writes.
+    Status CommitWriter(std::string_view what) {
+        const int rc = commit_.Step();
+        commit_.Reset();
+        if (rc == SQLITE_DONE) return Status::Ok();
+        Status s = ToStatus(rc, writer_->get(), what);
+        if (!sqlite3_get_autocommit(writer_->get())) (void)rollback_.Exec("ROLLBACK");
+        const int primary = rc & 0xFF;
+        if (primary != SQLITE_BUSY && primary != SQLITE_LOCKED) {
+            sticky_ = Status::FailedPrecondition(
+                fmt::format("an earlier commit failed ({}); the store refuses writes until it is reopened", s.message()));
+        }
+        return s;
+    }
+
     // Writer connection only, inside a transaction.
     Result<std::optional<StreamInfo>> ReadStreamRow(std::string_view stream) {
         StmtReset reset(get_stream_);
@@ -491,9 +511,18 @@ private:
         return std::optional<StreamInfo>(DecodeStream(get_stream_));
     }
 
+    // The writer connection is held by a unit of work (maybe of this very thread) for longer than the busy timeout.
+    Status Busy() const {
+        return Status::Unavailable(fmt::format(
+            "the database is busy: a unit of work has held its write lock for over {} ms (a unit of work must not "
+            "wait for writes of its own thread outside it: write through the unit of work)",
+            busy_timeout_.count()));
+    }
+
     template <class F>
     Status WriteTxn(std::string_view what, F&& body) {
-        std::lock_guard lock(write_mu_);
+        std::unique_lock lock(write_mu_, std::defer_lock);
+        if (!lock.try_lock_for(busy_timeout_)) return Busy();
         if (!sticky_.ok()) return sticky_;
         KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE").WithContext(what));
         Status s = body();
@@ -575,11 +604,186 @@ private:
     std::string path_;
     std::unique_ptr<Db> writer_;
     ReaderPool readers_;
-    std::mutex write_mu_;
+    std::timed_mutex write_mu_;  // held around every use of writer_, for a whole unit of work too
+    std::chrono::milliseconds busy_timeout_;
     Status sticky_;
     Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_, get_stream_, insert_event_, upsert_version_,
         lookup_id_, last_recorded_;
+    // Units of work's own statements (and keel's outbox/inbox ones), prepared once per SQL text.
+    std::unordered_map<std::string, Stmt> user_stmts_;
 };
+
+Status BindValue(Stmt& st, int index, const SqlValue& v) {
+    switch (v.index()) {
+        case 0: st.BindNull(index); break;
+        case 1: st.Bind(index, std::get<int64_t>(v)); break;
+        case 2: sqlite3_bind_double(st.get(), index, std::get<double>(v)); break;
+        case 3: st.Bind(index, std::string_view(std::get<std::string>(v))); break;
+        case 4: st.BindBlob(index, std::get<Blob>(v).bytes); break;
+    }
+    return Status::Ok();
+}
+
+SqlValue ColumnValue(const Stmt& st, int col) {
+    switch (sqlite3_column_type(st.get(), col)) {
+        case SQLITE_INTEGER: return st.Int(col);
+        case SQLITE_FLOAT: return sqlite3_column_double(st.get(), col);
+        case SQLITE_TEXT: return std::string(st.Text(col));
+        case SQLITE_BLOB: return Blob{std::string(st.Blob(col))};
+        default: return std::monostate{};
+    }
+}
+
+std::string HeadersJson(const Headers& headers) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [k, v] : headers) j[k] = v;
+    return j.dump();
+}
+
+// A unit of work's transaction: holds the writer connection (and so the database's write lock) until it ends.
+class SqliteTransaction final : public TransactionBackend {
+public:
+    SqliteTransaction(SqliteBackend& b, std::unique_lock<std::timed_mutex> lock, int64_t now)
+        : b_(b), lock_(std::move(lock)), now_(now) {}
+
+    ~SqliteTransaction() override {
+        if (open_) (void)b_.rollback_.Exec("ROLLBACK");
+    }
+
+    Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) override {
+        auto st = Run(sql, params);
+        if (!st.ok()) return st.status();
+        int rc;
+        while ((rc = (*st)->Step()) == SQLITE_ROW) {
+        }
+        Status s = rc == SQLITE_DONE ? Status::Ok() : StatementError(rc, sql);
+        (*st)->Reset();
+        if (!s.ok()) return s;
+        return static_cast<int64_t>(sqlite3_changes(b_.writer_->get()));
+    }
+
+    Result<Rows> Query(std::string_view sql, std::span<const SqlValue> params) override {
+        auto st = Run(sql, params);
+        if (!st.ok()) return st.status();
+        Stmt& q = **st;
+        StmtReset reset(q);
+        Rows rows;
+        const int n = sqlite3_column_count(q.get());
+        for (int c = 0; c < n; ++c) rows.columns.emplace_back(sqlite3_column_name(q.get(), c));
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+            std::vector<SqlValue> row;
+            row.reserve(static_cast<size_t>(n));
+            for (int c = 0; c < n; ++c) row.push_back(ColumnValue(q, c));
+            rows.rows.push_back(std::move(row));
+        }
+        if (rc != SQLITE_DONE) return StatementError(rc, sql);
+        return rows;
+    }
+
+    Result<AppendResult> Append(const AppendRequest& request) override {
+        KEEL_RETURN_IF_ERROR(b_.savepoint_.Exec("SAVEPOINT"));
+        bool wrote = false;
+        Result<AppendResult> r = b_.AppendOne(request, now_, wrote);
+        if (!r.ok() && wrote) (void)b_.rollback_to_.Exec("ROLLBACK TO");
+        (void)b_.release_.Exec("RELEASE");
+        if (r.ok() && !r->already_present) last_position_ = std::max(last_position_, r->last_position);
+        return r;
+    }
+
+    Status InsertOutbox(const OutboxMessage& m) override {
+        auto st = Run("INSERT INTO keel_outbox (message_id, destination, key, payload, headers, created_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)",
+                      {});
+        if (!st.ok()) return st.status();
+        Stmt& q = **st;
+        const std::string headers = HeadersJson(m.headers);
+        q.BindBlob(1, m.message_id.bytes_view()).Bind(2, std::string_view(m.destination));
+        q.Bind(3, std::string_view(m.key)).BindBlob(4, m.payload).Bind(5, std::string_view(headers)).Bind(6, now_);
+        const int rc = q.Step();
+        q.Reset();
+        if (rc == SQLITE_DONE) return Status::Ok();
+        if ((rc & 0xFF) == SQLITE_CONSTRAINT) {
+            return Status::AlreadyExists(
+                fmt::format("message id {} is in the outbox already", m.message_id.ToString()));
+        }
+        return ToStatus(rc, b_.writer_->get(), "writing to the outbox");
+    }
+
+    Result<bool> InsertInbox(std::string_view consumer, const Uuid& message_id) override {
+        auto st = Run("INSERT INTO keel_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT (consumer, message_id) DO NOTHING",
+                      {});
+        if (!st.ok()) return st.status();
+        Stmt& q = **st;
+        q.Bind(1, consumer).BindBlob(2, message_id.bytes_view()).Bind(3, NowMicros());
+        KEEL_RETURN_IF_ERROR(q.Exec("writing to the inbox"));
+        return sqlite3_changes(b_.writer_->get()) == 1;
+    }
+
+    Result<int64_t> Commit() override {
+        open_ = false;
+        KEEL_RETURN_IF_ERROR(b_.CommitWriter("COMMIT of a unit of work"));
+        return last_position_;
+    }
+
+private:
+    // A cached statement for `sql` with `params` bound (statements are kept per connection, at most 64).
+    Result<Stmt*> Run(std::string_view sql, std::span<const SqlValue> params) {
+        auto& cache = b_.user_stmts_;
+        auto it = cache.find(std::string(sql));
+        if (it == cache.end()) {
+            if (cache.size() >= 64) cache.clear();
+            auto st = b_.writer_->PreparePersistent(sql);
+            if (!st.ok()) return Status::InvalidArgument(st.status().message());
+            it = cache.emplace(std::string(sql), std::move(*st)).first;
+        }
+        Stmt& st = it->second;
+        st.Reset();
+        const int expected = sqlite3_bind_parameter_count(st.get());
+        if (!params.empty() && static_cast<int>(params.size()) != expected) {
+            return Status::InvalidArgument(fmt::format("the statement has {} placeholders but {} values were given",
+                                                       expected, params.size()));
+        }
+        for (size_t i = 0; i < params.size(); ++i) KEEL_RETURN_IF_ERROR(BindValue(st, static_cast<int>(i + 1), params[i]));
+        return &st;
+    }
+
+    Status StatementError(int rc, std::string_view sql) {
+        const std::string what = fmt::format("SQL '{}'", sql.substr(0, 80));
+        switch (rc & 0xFF) {
+            case SQLITE_CONSTRAINT:
+                if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY) {
+                    return Status::AlreadyExists(fmt::format("{}: {}", what, sqlite3_errmsg(b_.writer_->get())));
+                }
+                return Status::InvalidArgument(fmt::format("{}: {}", what, sqlite3_errmsg(b_.writer_->get())));
+            case SQLITE_ERROR:
+            case SQLITE_MISMATCH:
+            case SQLITE_RANGE:
+            case SQLITE_TOOBIG: return Status::InvalidArgument(fmt::format("{}: {}", what, sqlite3_errmsg(b_.writer_->get())));
+            default: return ToStatus(rc, b_.writer_->get(), what);
+        }
+    }
+
+    SqliteBackend& b_;
+    std::unique_lock<std::timed_mutex> lock_;
+    int64_t now_;
+    int64_t last_position_ = 0;
+    bool open_ = true;
+};
+
+Result<std::unique_ptr<TransactionBackend>> SqliteBackend::BeginTransaction() {
+    std::unique_lock lock(write_mu_, std::defer_lock);
+    if (!lock.try_lock_for(busy_timeout_)) return Busy();
+    if (!sticky_.ok()) return sticky_;
+    KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE"));
+    auto clock = CommitClock();
+    if (!clock.ok()) {
+        (void)rollback_.Exec("ROLLBACK");
+        return clock.status();
+    }
+    return std::unique_ptr<TransactionBackend>(std::make_unique<SqliteTransaction>(*this, std::move(lock), *clock));
+}
 
 Result<std::string> SqlitePath(const ParsedUri& uri) {
     std::string_view rest = uri.rest;

@@ -12,7 +12,7 @@
 namespace keel::detail {
 
 // The schema version this build writes and understands.
-inline constexpr int64_t kSqliteSchemaVersion = 1;
+inline constexpr int64_t kSqliteSchemaVersion = 2;
 
 Result<std::unique_ptr<StoreBackend>> OpenSqliteBackend(const ParsedUri& uri, const StoreOptions& options);
 

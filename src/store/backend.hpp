@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "keel/event_store.hpp"
+#include "keel/outbox.hpp"
 #include "keel/unit_of_work.hpp"
 
 namespace keel::detail {
@@ -48,6 +49,17 @@ struct StoredEventRef {
     std::string metadata;
 };
 
+// A row of the outbox.
+struct OutboxRow {
+    int64_t position = 0;
+    OutboxMessage message;
+    int64_t created_at = 0;
+};
+
+inline Status NoOutbox() {
+    return Status::NotSupported("this event store has no transactional outbox (it has no transactions)");
+}
+
 // One open local transaction of a unit of work (unit_of_work.hpp) on the store's database. Destroying it without
 // Commit rolls back. Used by one thread.
 class TransactionBackend {
@@ -68,6 +80,38 @@ public:
 class StoreBackend {
 public:
     virtual ~StoreBackend() = default;
+
+    // --- the transactional outbox (outbox.hpp); kNotSupported by default ---
+    // Takes or renews the lease `name` for `owner` until `until` (µs) when it is free, expired or already `owner`'s.
+    // Returns whether `owner` holds it now.
+    virtual Result<bool> AcquireLease(std::string_view name, std::string_view owner, int64_t now, int64_t until) {
+        (void)name, (void)owner, (void)now, (void)until;
+        return NoOutbox();
+    }
+    virtual Status ReleaseLease(std::string_view name, std::string_view owner) {
+        (void)name, (void)owner;
+        return NoOutbox();
+    }
+    // Unpublished rows in outbox order, at most `limit`.
+    virtual Result<std::vector<OutboxRow>> PendingOutbox(size_t limit) {
+        (void)limit;
+        return NoOutbox();
+    }
+    // Marks rows published, in one transaction, if `owner` still holds lease `lease` (else kFailedPrecondition).
+    virtual Status MarkPublished(std::string_view lease, std::string_view owner, std::span<const int64_t> positions,
+                                 int64_t now) {
+        (void)lease, (void)owner, (void)positions, (void)now;
+        return NoOutbox();
+    }
+    virtual Result<int64_t> RepublishOutbox(int64_t from) {
+        (void)from;
+        return NoOutbox();
+    }
+    virtual Result<int64_t> PurgeOutbox(int64_t published_before) {
+        (void)published_before;
+        return NoOutbox();
+    }
+    virtual Result<OutboxStats> GetOutboxStats() { return NoOutbox(); }
 
     // Begins a unit of work's transaction. kNotSupported for backends without transactions.
     virtual Result<std::unique_ptr<TransactionBackend>> BeginTransaction() {

@@ -159,6 +159,22 @@ public:
         head_cv_.notify_all();
     }
 
+    void NotifyOutboxCommit() {
+        std::lock_guard lock(mu_);
+        ++outbox_commits_;
+        head_cv_.notify_all();
+    }
+
+    uint64_t OutboxCommits() {
+        std::lock_guard lock(mu_);
+        return outbox_commits_;
+    }
+
+    void WaitForOutboxCommit(uint64_t seen, std::chrono::milliseconds timeout, const std::atomic<bool>& stop) {
+        std::unique_lock lock(mu_);
+        head_cv_.wait_for(lock, timeout, [&] { return outbox_commits_ != seen || stop.load(); });
+    }
+
     void NotifyAppended(int64_t position) {
         std::lock_guard lock(mu_);
         if (position > head_) head_ = position;
@@ -191,6 +207,7 @@ public:
     bool flushing_ = false;
     int64_t head_ = 0;
     uint64_t commits_ = 0;
+    uint64_t outbox_commits_ = 0;
 };
 
 EventStore::EventStore(std::unique_ptr<detail::StoreBackend> backend, StoreOptions options)
@@ -283,6 +300,15 @@ bool StoreInternals::WaitForLocalCommit(EventStore& store, int64_t position, std
 void StoreInternals::WakeAll(EventStore& store) { store.impl_->WakeAll(); }
 
 void StoreInternals::NotifyAppended(EventStore& store, int64_t position) { store.impl_->NotifyAppended(position); }
+
+void StoreInternals::NotifyOutboxCommit(EventStore& store) { store.impl_->NotifyOutboxCommit(); }
+
+uint64_t StoreInternals::OutboxCommits(EventStore& store) { return store.impl_->OutboxCommits(); }
+
+void StoreInternals::WaitForOutboxCommit(EventStore& store, uint64_t seen, std::chrono::milliseconds timeout,
+                                         const std::atomic<bool>& stop) {
+    store.impl_->WaitForOutboxCommit(seen, timeout, stop);
+}
 
 }  // namespace detail
 

@@ -21,6 +21,12 @@ public:
     static void WakeAll(EventStore& store);
     // Tells the store's waiters that a unit of work committed events up to `position`.
     static void NotifyAppended(EventStore& store, int64_t position);
+    // Outbox commits through `store` (units of work that enqueued messages): a counter, and a wait for it to pass
+    // `seen` (or `timeout`, or `stop` with WakeAll).
+    static void NotifyOutboxCommit(EventStore& store);
+    static uint64_t OutboxCommits(EventStore& store);
+    static void WaitForOutboxCommit(EventStore& store, uint64_t seen, std::chrono::milliseconds timeout,
+                                    const std::atomic<bool>& stop);
 };
 
 // Validates the options, resolves the start position and starts the subscription's thread.

@@ -159,6 +159,7 @@ Result<Uuid> UnitOfWork::Enqueue(OutboxMessage message) {
     }
     if (message.message_id.is_nil()) message.message_id = Uuid::Generate();
     KEEL_RETURN_IF_ERROR(tx_->InsertOutbox(message));
+    enqueued_ = true;
     return message.message_id;
 }
 
@@ -192,6 +193,7 @@ Status UnitOfWork::Commit() {
     if (!committed.ok()) return committed.status();
     committed_ = true;
     if (*committed > 0) detail::StoreInternals::NotifyAppended(*store_, *committed);
+    if (enqueued_) detail::StoreInternals::NotifyOutboxCommit(*store_);
     return Status::Ok();
 }
 

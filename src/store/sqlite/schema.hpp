@@ -58,9 +58,7 @@ CREATE TABLE keel_outbox (
     payload      BLOB    NOT NULL,
     headers      TEXT    NOT NULL,
     created_at   INTEGER NOT NULL,
-    published_at INTEGER,
-    claimed_by   TEXT,
-    claim_until  INTEGER
+    published_at INTEGER
 );
 CREATE UNIQUE INDEX keel_outbox_message_id ON keel_outbox (message_id);
 CREATE INDEX keel_outbox_pending ON keel_outbox (published_at, id);
@@ -69,6 +67,11 @@ CREATE TABLE keel_inbox (
     message_id   BLOB    NOT NULL,
     processed_at INTEGER NOT NULL,
     PRIMARY KEY (consumer, message_id)
+) WITHOUT ROWID;
+CREATE TABLE keel_leases (
+    name  TEXT    PRIMARY KEY,
+    owner TEXT    NOT NULL,
+    until INTEGER NOT NULL
 ) WITHOUT ROWID;
 )sql",
 };

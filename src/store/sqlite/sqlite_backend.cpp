@@ -472,6 +472,127 @@ public:
 
     Result<std::unique_ptr<TransactionBackend>> BeginTransaction() override;
 
+    Result<bool> AcquireLease(std::string_view name, std::string_view owner, int64_t now, int64_t until) override {
+        bool held = false;
+        Status s = WriteTxn("taking a lease", [&]() -> Status {
+            auto st = writer_->Prepare(
+                "INSERT INTO keel_leases (name, owner, until) VALUES (?1, ?2, ?4) ON CONFLICT (name) DO UPDATE SET "
+                "owner = excluded.owner, until = excluded.until WHERE keel_leases.owner = ?2 OR keel_leases.until < ?3");
+            if (!st.ok()) return st.status();
+            st->Bind(1, name).Bind(2, owner).Bind(3, now).Bind(4, until);
+            KEEL_RETURN_IF_ERROR(st->Exec("writing a lease"));
+            held = sqlite3_changes(writer_->get()) == 1;
+            return Status::Ok();
+        });
+        if (!s.ok()) return s;
+        return held;
+    }
+
+    Status ReleaseLease(std::string_view name, std::string_view owner) override {
+        return WriteTxn("releasing a lease", [&]() -> Status {
+            auto st = writer_->Prepare("DELETE FROM keel_leases WHERE name = ?1 AND owner = ?2");
+            if (!st.ok()) return st.status();
+            st->Bind(1, name).Bind(2, owner);
+            return st->Exec("deleting a lease");
+        });
+    }
+
+    Result<std::vector<OutboxRow>> PendingOutbox(size_t limit) override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        auto st = (**lease).db->Prepare(
+            "SELECT id, message_id, destination, key, payload, headers, created_at FROM keel_outbox "
+            "WHERE published_at IS NULL ORDER BY id LIMIT ?1");
+        if (!st.ok()) return st.status();
+        st->Bind(1, static_cast<int64_t>(limit));
+        std::vector<OutboxRow> rows;
+        int rc;
+        while ((rc = st->Step()) == SQLITE_ROW) {
+            OutboxRow row;
+            row.position = st->Int(0);
+            auto id = Uuid::FromBytes(st->Blob(1));
+            if (!id.ok()) return Status::Corruption(fmt::format("outbox row {} has a malformed message id", row.position));
+            row.message.message_id = *id;
+            row.message.destination = std::string(st->Text(2));
+            row.message.key = std::string(st->Text(3));
+            row.message.payload = std::string(st->Blob(4));
+            auto headers = nlohmann::json::parse(st->Text(5), nullptr, /*allow_exceptions=*/false);
+            if (headers.is_object()) {
+                for (auto it = headers.begin(); it != headers.end(); ++it) {
+                    row.message.headers.emplace_back(it.key(), it.value().is_string() ? it.value().get<std::string>()
+                                                                                      : it.value().dump());
+                }
+            }
+            row.created_at = st->Int(6);
+            rows.push_back(std::move(row));
+        }
+        if (rc != SQLITE_DONE) return ToStatus(rc, st->db(), "reading the outbox");
+        return rows;
+    }
+
+    Status MarkPublished(std::string_view lease, std::string_view owner, std::span<const int64_t> positions,
+                         int64_t now) override {
+        return WriteTxn("marking outbox rows published", [&]() -> Status {
+            auto check = writer_->Prepare("SELECT owner FROM keel_leases WHERE name = ?1");
+            if (!check.ok()) return check.status();
+            check->Bind(1, lease);
+            const int rc = check->Step();
+            if (rc != SQLITE_ROW || check->Text(0) != owner) {
+                return Status::FailedPrecondition(
+                    fmt::format("relay '{}' lost the lease '{}'; another relay publishes now", owner, lease));
+            }
+            auto st = writer_->Prepare("UPDATE keel_outbox SET published_at = ?2 WHERE id = ?1");
+            if (!st.ok()) return st.status();
+            for (int64_t p : positions) {
+                st->Bind(1, p).Bind(2, now);
+                KEEL_RETURN_IF_ERROR(st->Exec("marking an outbox row"));
+            }
+            return Status::Ok();
+        });
+    }
+
+    Result<int64_t> RepublishOutbox(int64_t from) override {
+        int64_t changed = 0;
+        Status s = WriteTxn("re-publishing the outbox", [&]() -> Status {
+            auto st = writer_->Prepare("UPDATE keel_outbox SET published_at = NULL WHERE id >= ?1 AND published_at IS NOT NULL");
+            if (!st.ok()) return st.status();
+            st->Bind(1, from);
+            KEEL_RETURN_IF_ERROR(st->Exec("re-publishing the outbox"));
+            changed = sqlite3_changes(writer_->get());
+            return Status::Ok();
+        });
+        if (!s.ok()) return s;
+        return changed;
+    }
+
+    Result<int64_t> PurgeOutbox(int64_t published_before) override {
+        int64_t changed = 0;
+        Status s = WriteTxn("purging the outbox", [&]() -> Status {
+            auto st = writer_->Prepare("DELETE FROM keel_outbox WHERE published_at IS NOT NULL AND published_at < ?1");
+            if (!st.ok()) return st.status();
+            st->Bind(1, published_before);
+            KEEL_RETURN_IF_ERROR(st->Exec("purging the outbox"));
+            changed = sqlite3_changes(writer_->get());
+            return Status::Ok();
+        });
+        if (!s.ok()) return s;
+        return changed;
+    }
+
+    Result<OutboxStats> GetOutboxStats() override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        auto st = (**lease).db->Prepare(
+            "SELECT (SELECT count(*) FROM keel_outbox WHERE published_at IS NULL), "
+            "(SELECT count(*) FROM keel_outbox WHERE published_at IS NOT NULL), "
+            "(SELECT COALESCE(min(created_at), 0) FROM keel_outbox WHERE published_at IS NULL), "
+            "(SELECT COALESCE(max(id), 0) FROM keel_outbox)");
+        if (!st.ok()) return st.status();
+        const int rc = st->Step();
+        if (rc != SQLITE_ROW) return ToStatus(rc, st->db(), "reading outbox statistics");
+        return OutboxStats{st->Int(0), st->Int(1), st->Int(2), st->Int(3)};
+    }
+
 private:
     friend class SqliteTransaction;
 

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 JOBS ?= $(shell nproc)
 DEMO_DB ?= build/demo/keel-demo.db
 
-.PHONY: all deps build build-release run test test-unit test-tsan bench format clean
+.PHONY: all deps build build-release run demo test test-unit test-tsan bench format clean
 
 all: build
 
@@ -24,6 +24,12 @@ build-release: deps
 run: build-release
 	@mkdir -p $(dir $(DEMO_DB))
 	build/release/examples/user_aggregate/user_aggregate $(DEMO_DB)
+
+# The seed scenarios (000 foo_bar, 001 order_customer, 002 payment_offset) on the embedded default (SQLite + local:
+# broker): each prints its steps and ends with "ok <scenario>" after checking its databases; exits non-zero on any
+# failure.
+demo: build-release
+	examples/demo/run-demo.sh build/release
 
 # Every test (unit, conformance, crash, install, and those against real PostgreSQL and MariaDB servers, which
 # scripts/services.sh starts under build/services and stops afterwards), built with ASan + UBSan.

@@ -7,7 +7,7 @@
 ///   publisher confirms, manual acks, a dead-letter exchange, reconnect with backoff.
 ///
 /// Model: a *destination* is a named stream of messages (a RabbitMQ topic exchange, a local table partition). A
-/// *consumer group* subscribes to a destination: every group receives every message published to the destination
+/// *consumer group* (named by the same rule as destinations) subscribes to a destination: every group receives every message published to the destination
 /// after the group was declared; within a group, each message goes to one consumer. Each group has a dead-letter
 /// queue. Messages carry an ordering *key* (usually the event stream id): a group delivers the messages of one key in
 /// publish order and never has two of them in flight at once.
@@ -49,7 +49,8 @@ struct Message {
 
 struct Delivery {
     Message message;
-    /// 1 on the first delivery, then 2, 3, … on redeliveries.
+    /// 1 on the first delivery, then 2, 3, … on redeliveries. Brokers that prefetch may count a message that was
+    /// prefetched but never handed out as an attempt.
     int attempt = 1;
     /// Identifies this delivery for Ack/Nack/DeadLetter; opaque.
     uint64_t tag = 0;
@@ -69,7 +70,8 @@ struct ConsumeOptions {
     /// How long a delivery stays invisible to other consumers of the group before it is redelivered (local:).
     /// RabbitMQ redelivers when the consumer's channel closes instead. Default: 30 s.
     std::chrono::milliseconds visibility_timeout{30'000};
-    /// Most unacknowledged deliveries one consumer holds at once (RabbitMQ prefetch). Default: 16.
+    /// Most unacknowledged deliveries one consumer holds at once (RabbitMQ prefetch; local: ignores it).
+    /// Default: 16.
     int prefetch = 16;
 };
 
@@ -82,7 +84,9 @@ public:
     virtual Result<std::optional<Delivery>> Receive(std::chrono::milliseconds timeout) = 0;
 
     /// Acknowledges: the message is done for this group. kUnavailable if the broker cannot be told (the message
-    /// will then be redelivered: at least once).
+    /// will then be redelivered: at least once). kFailedPrecondition when this consumer no longer holds the delivery
+    /// (its visibility timeout passed and it was handed out again): nothing changes. The same holds for Nack and
+    /// DeadLetter.
     virtual Status Ack(const Delivery& delivery) = 0;
 
     /// Gives the message back for redelivery (attempt + 1), after at least `delay` on brokers that support it.
@@ -106,7 +110,9 @@ public:
     virtual Status PublishReliable(const Message& message, std::chrono::milliseconds timeout) = 0;
 
     /// Publishes many messages with up to `window` unconfirmed at once and waits for every confirmation.
-    /// Returns one Status per message, in order. Messages of one key are published in order.
+    /// Returns one Status per message, in order. Messages of one key are published in order; once one of a key
+    /// fails, the later ones of that key are not published (kFailedPrecondition). A `window` of 0 is
+    /// kInvalidArgument for every message.
     virtual std::vector<Status> PublishBatch(std::span<const Message> messages, size_t window,
                                              std::chrono::milliseconds timeout) = 0;
 

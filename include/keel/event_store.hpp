@@ -61,6 +61,10 @@ struct StoreOptions {
     std::chrono::milliseconds busy_timeout{5000};
     /// Most appends one group-commit flush takes from the queue. Default: 256.
     size_t max_batch = 256;
+    /// When appends are concurrent (the last flush carried more than one), how long a flush waits for the other
+    /// appenders inside Append to queue, so that one commit carries them all. A lone writer never waits.
+    /// Default: 200 µs.
+    std::chrono::microseconds group_commit_wait{200};
 };
 
 struct AppendResult {

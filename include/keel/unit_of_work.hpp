@@ -10,11 +10,13 @@
 /// RAII: a unit of work that is destroyed without a successful Commit() rolls back. After a failed statement the
 /// unit of work still works (the failed statement left no trace); after a failed Commit() it is finished.
 ///
-/// Storage that cannot do transactions is refused: Begin() on `memory:` is kNotSupported; on MariaDB the store
-/// refuses non-InnoDB tables at open, and Exec() refuses to write a table whose engine is not transactional.
+/// Storage that cannot do transactions is refused: Begin() on `memory:` is kNotSupported. Units of work run on
+/// `sqlite:` and `postgresql:`; on `mysql:` they are not available yet (kNotSupported).
 ///
 /// Thread-safety: a UnitOfWork is used by one thread. On `sqlite:` it holds the database's write lock from Begin()
 /// to Commit()/rollback, so other writers (appends through the same store included) wait: keep units of work short.
+/// On `postgresql:` it runs on a connection of its own; each statement runs under a savepoint (so a failed one leaves
+/// the unit usable), which costs two extra round trips per statement.
 
 #include <cstdint>
 #include <functional>
@@ -128,6 +130,12 @@ public:
     /// Records that `consumer` has processed `message_id`, in this transaction. Returns true the first time and
     /// false when it was recorded before (a duplicate delivery: skip the effect, then commit or roll back).
     Result<bool> MarkProcessed(std::string_view consumer, const Uuid& message_id);
+
+    /// A named checkpoint (EventStore::LoadCheckpoint's) as this transaction sees it: nullopt when never set. The
+    /// row stays locked against other units of work until this one ends.
+    Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name);
+    /// Writes a named checkpoint in this transaction: a read model and its position commit together.
+    Status SaveCheckpoint(std::string_view name, int64_t position);
 
     /// Queues a domain event for the mediator's handlers, which run before commit. Events raised by handlers are
     /// dispatched too (breadth first, at most 1,000 per unit of work).

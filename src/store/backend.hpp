@@ -73,6 +73,10 @@ public:
     virtual Status InsertOutbox(const OutboxMessage& message) = 0;
     // True if inserted, false if (consumer, message_id) was there.
     virtual Result<bool> InsertInbox(std::string_view consumer, const Uuid& message_id) = 0;
+    // The named checkpoint as this transaction sees it (nullopt if never set), locked against other transactions
+    // until this one ends; and its update in this transaction.
+    virtual Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) = 0;
+    virtual Status SaveCheckpoint(std::string_view name, int64_t position) = 0;
     // Ends the transaction either way. On success returns the last global position appended (0 if none).
     virtual Result<int64_t> Commit() = 0;
 };

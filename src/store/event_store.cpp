@@ -47,41 +47,62 @@ public:
         pending.request.events = events;
 
         std::unique_lock lock(mu_);
+        ++active_;
         queue_.push_back(&pending);
+        if (flushing_ && queue_.size() >= active_) queued_cv_.notify_one();  // a leader waiting for a fuller batch
         while (!pending.done) {
             if (flushing_) {
-                flushed_cv_.wait(lock);
+                pending.cv.wait(lock);
                 continue;
             }
-            // Become the leader: flush everything queued so far (including, usually, our own request).
-            flushing_ = true;
-            std::vector<Pending*> batch;
-            const size_t n = std::min(queue_.size(), options_.max_batch);
-            batch.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
-            queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
-            lock.unlock();
-
-            std::vector<AppendRequest*> requests;
-            requests.reserve(batch.size());
-            for (Pending* p : batch) requests.push_back(&p->request);
-            {
-                std::lock_guard writer(write_mu_);
-                backend_->AppendBatch(requests);
-            }
-            int64_t last = 0;
-            for (AppendRequest* r : requests) {
-                if (r->result.ok()) last = std::max(last, r->result->last_position);
-            }
-
-            lock.lock();
-            for (Pending* p : batch) p->done = true;
-            flushing_ = false;
-            if (last > head_) head_ = last;
-            ++commits_;
-            flushed_cv_.notify_all();
-            head_cv_.notify_all();
+            Lead(lock);
         }
+        --active_;
+        if (flushing_) queued_cv_.notify_one();
+        lock.unlock();
         return std::move(pending.request.result);
+    }
+
+    // Group commit. Called with `lock` held and no flush running: becomes the leader, writes a batch of queued
+    // appends in one backend transaction, wakes the batch's callers and the next leader.
+    void Lead(std::unique_lock<std::mutex>& lock) {
+        flushing_ = true;
+        // When appends are concurrent, give every appender that is inside Append a moment to queue, so that one
+        // commit carries them all (a lone writer never waits: it is the only one active).
+        if (last_batch_ > 1 && queue_.size() < active_ && queue_.size() < options_.max_batch &&
+            options_.group_commit_wait.count() > 0) {
+            queued_cv_.wait_for(lock, options_.group_commit_wait,
+                                [&] { return queue_.size() >= active_ || queue_.size() >= options_.max_batch; });
+        }
+        std::vector<Pending*> batch;
+        const size_t n = std::min(queue_.size(), options_.max_batch);
+        batch.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+        queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+        lock.unlock();
+
+        std::vector<AppendRequest*> requests;
+        requests.reserve(batch.size());
+        for (Pending* p : batch) requests.push_back(&p->request);
+        {
+            std::lock_guard writer(write_mu_);
+            backend_->AppendBatch(requests);
+        }
+        int64_t last = 0;
+        for (AppendRequest* r : requests) {
+            if (r->result.ok()) last = std::max(last, r->result->last_position);
+        }
+
+        lock.lock();
+        flushing_ = false;
+        last_batch_ = batch.size();
+        if (last > head_) head_ = last;
+        ++commits_;
+        for (Pending* p : batch) {
+            p->done = true;
+            p->cv.notify_one();
+        }
+        if (!queue_.empty()) queue_.front()->cv.notify_one();  // the next leader
+        head_cv_.notify_all();
     }
 
     Result<std::vector<RecordedEvent>> ReadStream(std::string_view stream, const ReadStreamOptions& options) {
@@ -195,16 +216,19 @@ public:
     struct Pending {
         AppendRequest request;
         bool done = false;
+        std::condition_variable cv;  // its caller waits here: for the result, or to lead the next flush
     };
 
     std::unique_ptr<detail::StoreBackend> backend_;
     StoreOptions options_;
     std::mutex mu_;        // queue_, flushing_, head_
     std::mutex write_mu_;  // held around every backend write
-    std::condition_variable flushed_cv_;
     std::condition_variable head_cv_;
+    std::condition_variable queued_cv_;  // a leader waiting for more appends to queue
     std::deque<Pending*> queue_;
     bool flushing_ = false;
+    size_t active_ = 0;      // callers inside Append
+    size_t last_batch_ = 0;  // size of the last flush
     int64_t head_ = 0;
     uint64_t commits_ = 0;
     uint64_t outbox_commits_ = 0;

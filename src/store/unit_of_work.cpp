@@ -170,6 +170,18 @@ Result<bool> UnitOfWork::MarkProcessed(std::string_view consumer, const Uuid& me
     return tx_->InsertInbox(consumer, message_id);
 }
 
+Result<std::optional<int64_t>> UnitOfWork::LoadCheckpoint(std::string_view name) {
+    KEEL_RETURN_IF_ERROR(Usable());
+    KEEL_RETURN_IF_ERROR(detail::ValidateName("checkpoint name", name, detail::kMaxCheckpointNameBytes));
+    return tx_->LoadCheckpoint(name);
+}
+
+Status UnitOfWork::SaveCheckpoint(std::string_view name, int64_t position) {
+    KEEL_RETURN_IF_ERROR(Usable());
+    KEEL_RETURN_IF_ERROR(detail::ValidateName("checkpoint name", name, detail::kMaxCheckpointNameBytes));
+    return tx_->SaveCheckpoint(name, position);
+}
+
 Status UnitOfWork::Commit() {
     KEEL_RETURN_IF_ERROR(Usable());
     // Domain events first, on this transaction; handlers may raise more (dispatched breadth first).

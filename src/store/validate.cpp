@@ -41,9 +41,15 @@ Status ValidateName(std::string_view field, std::string_view value, size_t max_b
 
 Status ValidateJsonObject(std::string_view field, std::string_view text) {
     if (text.empty()) return Status::Ok();
-    auto j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) return Status::InvalidArgument(fmt::format("{} is not valid JSON", field));
-    if (!j.is_object()) return Status::InvalidArgument(fmt::format("{} must be a JSON object", field));
+    // accept() validates without building a tree (this runs for every appended event); a valid JSON text whose
+    // first non-space character is '{' is an object.
+    if (!nlohmann::json::accept(text.begin(), text.end())) {
+        return Status::InvalidArgument(fmt::format("{} is not valid JSON", field));
+    }
+    const size_t first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos || text[first] != '{') {
+        return Status::InvalidArgument(fmt::format("{} must be a JSON object", field));
+    }
     return Status::Ok();
 }
 

@@ -1,16 +1,21 @@
 // Tests of the keel CLI. Most run the built binary (KEEL_CLI_PATH) in a child process against a temporary sqlite
-// store and check its stdout, stderr and exit code; a few test the formatting helpers of tools/keel/output.cpp
-// in-process.
+// store (and, for relay and dlq, a temporary local: broker) and check its stdout, stderr and exit code; the test
+// itself writes outbox rows, consumes, dead-letters and runs projections through the library. A few test the
+// formatting helpers of tools/keel/output.cpp in-process.
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -20,10 +25,15 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "keel/broker.hpp"
 #include "keel/event_store.hpp"
+#include "keel/outbox.hpp"
+#include "keel/projection.hpp"
+#include "keel/unit_of_work.hpp"
 
 #include "output.hpp"
 
@@ -163,6 +173,17 @@ public:
 
     void Signal(int signal) { kill(pid_, signal); }
 
+    // Waits until stderr contains `text`; false when it did not within `timeout`.
+    bool WaitForStderr(std::string_view text, std::chrono::milliseconds timeout) {
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (err_.find(text) == std::string::npos) {
+            auto now = std::chrono::steady_clock::now();
+            if (now >= deadline || (stdout_ < 0 && stderr_ < 0)) return false;
+            Pump(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now));
+        }
+        return true;
+    }
+
     // Waits for the exit, collecting all output; kills the child and fails the test after `timeout`.
     RunResult Finish(std::chrono::milliseconds timeout = kRunTimeout) {
         CloseStdin();
@@ -231,9 +252,13 @@ protected:
         dir_ = pattern;
         db_path_ = dir_ / "store.db";
         uri_ = "sqlite://" + db_path_.string();
+        broker_path_ = dir_ / "broker.db";
+        broker_uri_ = "local://" + broker_path_.string();
     }
 
     void TearDown() override {
+        broker_.reset();
+        store_.reset();
         std::error_code ignored;
         std::filesystem::remove_all(dir_, ignored);
     }
@@ -243,7 +268,10 @@ protected:
         std::vector<std::string> env;
         for (char** e = environ; *e != nullptr; ++e) {
             std::string_view entry(*e);
-            if (entry.starts_with("KEEL_STORE=") || entry.starts_with("COLUMNS=")) continue;
+            if (entry.starts_with("KEEL_STORE=") || entry.starts_with("KEEL_BROKER=") ||
+                entry.starts_with("COLUMNS=")) {
+                continue;
+            }
             env.emplace_back(entry);
         }
         env.insert(env.end(), extra.begin(), extra.end());
@@ -305,9 +333,73 @@ protected:
         EXPECT_THAT(r.err, HasSubstr("; ")) << "an error says what went wrong; then what to do";
     }
 
+    // Runs `keel --store <uri> --broker <broker uri> args…`.
+    RunResult KeelWithBroker(const std::vector<std::string>& args) {
+        std::vector<std::string> full = {"--store", uri_, "--broker", broker_uri_};
+        full.insert(full.end(), args.begin(), args.end());
+        return RunRaw(full);
+    }
+
+    // Runs `keel --broker <broker uri> args…` (no store).
+    RunResult KeelBrokerOnly(const std::vector<std::string>& args) {
+        std::vector<std::string> full = {"--broker", broker_uri_};
+        full.insert(full.end(), args.begin(), args.end());
+        return RunRaw(full);
+    }
+
+    keel::EventStore& Store() {
+        if (!store_) store_ = keel::OpenStore(uri_).value();
+        return *store_;
+    }
+
+    keel::Broker& Broker() {
+        if (!broker_) broker_ = keel::OpenBroker(broker_uri_).value();
+        return *broker_;
+    }
+
+    // Commits one unit of work with a message per payload to destination "orders", key "Order-<i>".
+    void CommitOutbox(const std::vector<std::string>& payloads) {
+        auto uow = keel::UnitOfWork::Begin(Store()).value();
+        for (size_t i = 0; i < payloads.size(); ++i) {
+            keel::OutboxMessage message{"orders", "Order-" + std::to_string(i), {}, payloads[i], {}};
+            ASSERT_TRUE(uow.Enqueue(std::move(message)).ok());
+        }
+        ASSERT_TRUE(uow.Commit().ok());
+    }
+
+    // Receives and acknowledges up to `n` messages (10 s at most); returns their payloads in arrival order.
+    static std::vector<std::string> Receive(keel::BrokerConsumer& consumer, size_t n) {
+        std::vector<std::string> payloads;
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (payloads.size() < n && std::chrono::steady_clock::now() < deadline) {
+            auto delivery = consumer.Receive(100ms);
+            EXPECT_TRUE(delivery.ok()) << delivery.status().ToString();
+            if (!delivery.ok() || !delivery->has_value()) continue;
+            payloads.push_back((*delivery)->message.payload);
+            EXPECT_TRUE(consumer.Ack(**delivery).ok());
+        }
+        return payloads;
+    }
+
+    // True when nothing arrives within `wait`.
+    static bool NothingArrives(keel::BrokerConsumer& consumer, std::chrono::milliseconds wait = 300ms) {
+        auto delivery = consumer.Receive(wait);
+        return delivery.ok() && !delivery->has_value();
+    }
+
+    Json Outbox() {
+        std::vector<Json> lines = ReadJson({"outbox"});
+        EXPECT_EQ(lines.size(), 1u);
+        return lines.empty() ? Json() : lines.front();
+    }
+
     std::filesystem::path dir_;
     std::filesystem::path db_path_;
     std::string uri_;
+    std::filesystem::path broker_path_;
+    std::string broker_uri_;
+    std::unique_ptr<keel::EventStore> store_;
+    std::unique_ptr<keel::Broker> broker_;
 };
 
 // True for "YYYY-MM-DDTHH:MM:SS.ffffffZ" (std::regex trips a GCC 12 false warning at -O1, so by hand).
@@ -854,6 +946,595 @@ TEST_F(CliTest, TableCutsLongDataToTheWidth) {
     EXPECT_THAT(lines[1], HasSubstr("xxx..."));
 }
 
+// ---- outbox, relay, dead letters, projections ----
+
+TEST_F(CliTest, RelayOncePublishesTheCommittedOutboxRowsInOrder) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    CommitOutbox({"first", "second", "third"});
+
+    RunResult r = KeelWithBroker({"relay", "--once"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(r.out, "published 3 outbox messages; 0 still pending\n");
+    EXPECT_EQ(Receive(*consumer, 3), (std::vector<std::string>{"first", "second", "third"}));
+    EXPECT_TRUE(NothingArrives(*consumer));
+
+    Json outbox = Outbox();
+    EXPECT_EQ(outbox["pending"], 0);
+    EXPECT_EQ(outbox["published"], 3);
+    EXPECT_EQ(outbox["last_position"], 3);
+    EXPECT_EQ(outbox["oldest_pending_at"], nullptr);
+
+    // Nothing left: a second round publishes nothing (and nothing twice).
+    r = KeelWithBroker({"relay", "--once", "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<Json> lines = JsonLines(r.out);
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0], Json::parse(R"({"published":0,"pending":0})"));
+    EXPECT_TRUE(NothingArrives(*consumer));
+}
+
+TEST_F(CliTest, RelayOnceBatchLimitsOneRoundAndTheBrokerComesFromKeelBroker) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    CommitOutbox({"a", "b", "c"});
+    RunResult r = RunRaw({"--store", uri_, "relay", "--once", "--batch", "2"}, {"KEEL_BROKER=" + broker_uri_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "published 2 outbox messages; 1 still pending\n");
+    r = RunRaw({"relay", "--once", "--window", "1"}, {"KEEL_BROKER=" + broker_uri_, "KEEL_STORE=" + uri_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "published 1 outbox message; 0 still pending\n");
+    EXPECT_EQ(Receive(*consumer, 3), (std::vector<std::string>{"a", "b", "c"}));
+}
+
+TEST_F(CliTest, OutboxShowsPendingRowsAndTheOldestOne) {
+    RunResult r = Keel({"append", "User-1", "--type", "T", "--data", "{}"});  // creates the store
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = Keel({"outbox"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("pending +0\n"));
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("oldest pending +-\n"));
+
+    CommitOutbox({"x", "y"});
+    r = Keel({"outbox"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    std::vector<std::string> lines = Lines(r.out);
+    ASSERT_EQ(lines.size(), 4u) << r.out;
+    EXPECT_THAT(lines[0], ::testing::MatchesRegex("pending +2"));
+    EXPECT_THAT(lines[1], ::testing::MatchesRegex("published kept +0"));
+    EXPECT_THAT(lines[2], ::testing::MatchesRegex(R"(oldest pending +[0-9]{4}-.*Z \([0-9]+\.[0-9] s ago\))"));
+    EXPECT_THAT(lines[3], ::testing::MatchesRegex("last position +2"));
+
+    Json outbox = Outbox();
+    EXPECT_EQ(Keys(outbox), (std::set<std::string>{"pending", "published", "oldest_pending_at",
+                                                   "oldest_pending_age_seconds", "last_position"}));
+    EXPECT_EQ(outbox["pending"], 2);
+    EXPECT_TRUE(IsIsoMicros(outbox["oldest_pending_at"].get<std::string>())) << outbox;
+    EXPECT_GE(outbox["oldest_pending_age_seconds"].get<double>(), 0.0);
+    EXPECT_LT(outbox["oldest_pending_age_seconds"].get<double>(), 600.0);
+}
+
+TEST_F(CliTest, OutboxRepublishFromAPositionPublishesThoseRowsAgain) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    CommitOutbox({"one", "two", "three"});
+    ASSERT_EQ(KeelWithBroker({"relay", "--once"}).exit_code, 0);
+    ASSERT_EQ(Receive(*consumer, 3).size(), 3u);
+
+    RunResult r = Keel({"outbox", "republish", "--from", "2"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_THAT(r.out, StartsWith("marked 2 outbox rows from position 2 for re-publishing"));
+    EXPECT_EQ(Outbox()["pending"], 2);
+
+    r = KeelWithBroker({"relay", "--once"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "published 2 outbox messages; 0 still pending\n");
+    EXPECT_EQ(Receive(*consumer, 2), (std::vector<std::string>{"two", "three"}));
+    EXPECT_TRUE(NothingArrives(*consumer));
+
+    std::vector<Json> lines = ReadJson({"outbox", "republish", "--from", "4"});
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_EQ(lines[0], Json::parse(R"({"from":4,"republished":0})"));
+
+    r = Keel({"outbox", "republish", "--from", "0"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "--from 0 is not an outbox position");
+    r = Keel({"outbox", "republish"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "--from");
+    EXPECT_THAT(r.err, HasSubstr("keel outbox republish --help"));
+    EXPECT_EQ(Outbox()["pending"], 0) << "failed republish requests change nothing";
+}
+
+TEST_F(CliTest, RelayOnceWhileAnotherRelayHoldsTheLeaseExits1) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    {
+        keel::RelayOptions options;
+        options.lease = 10s;
+        auto relay = keel::Relay::Start(Store(), Broker(), options).value();
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (!relay->stats().leader && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+        ASSERT_TRUE(relay->stats().leader);
+
+        RunResult r = KeelWithBroker({"relay", "--once"});
+        EXPECT_EQ(r.exit_code, 1);
+        EXPECT_EQ(r.out, "");
+        ExpectOneErrorLine(r, "another relay holds the outbox lease");
+        EXPECT_THAT(r.err, HasSubstr("a relay is already running"));
+        relay->Stop();  // releases the lease
+    }
+    CommitOutbox({"after"});
+    RunResult r = KeelWithBroker({"relay", "--once"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "published 1 outbox message; 0 still pending\n");
+}
+
+TEST_F(CliTest, RelayPublishesAsRowsAreCommittedAndStopsCleanlyOnSigterm) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    CommitOutbox({"before"});
+    Child relay(Argv({"--store", uri_, "--broker", broker_uri_, "relay"}), Environment());
+    std::optional<std::string> started = relay.ReadLine(30s);
+    ASSERT_TRUE(started.has_value()) << "relay printed nothing";
+    EXPECT_EQ(*started, "relay running (batch 500, window 100); SIGINT or SIGTERM stops it");
+    std::optional<std::string> first = relay.ReadLine(30s);
+    ASSERT_TRUE(first.has_value());
+    EXPECT_EQ(*first, "published 1 message (total 1)");
+    EXPECT_EQ(Receive(*consumer, 1), (std::vector<std::string>{"before"}));
+
+    // Rows committed by another process while the relay runs are published by its polling.
+    CommitOutbox({"p", "q"});
+    int64_t total = 1;
+    while (total < 3) {
+        std::optional<std::string> line = relay.ReadLine(30s);
+        ASSERT_TRUE(line.has_value()) << "the relay did not publish the new rows";
+        ASSERT_THAT(*line, ::testing::MatchesRegex(R"(published [12] messages? \(total [23]\))"));
+        total = std::stoll(line->substr(line->find("total ") + 6));
+    }
+    EXPECT_EQ(Receive(*consumer, 2), (std::vector<std::string>{"p", "q"}));
+
+    relay.Signal(SIGTERM);
+    RunResult r = relay.Finish(30s);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    std::vector<std::string> lines = Lines(r.out);
+    ASSERT_FALSE(lines.empty());
+    EXPECT_THAT(lines.back(),
+                ::testing::MatchesRegex(R"(relay stopped: published 3 messages in [0-9]+ rounds?, 0 failed rounds)"));
+    EXPECT_EQ(Outbox()["pending"], 0);
+
+    // The stopped relay released its lease: a new one may publish at once.
+    CommitOutbox({"later"});
+    r = KeelWithBroker({"relay", "--once"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(Receive(*consumer, 1), (std::vector<std::string>{"later"}));
+}
+
+TEST_F(CliTest, RelayJsonLinesAndSigint) {
+    CommitOutbox({"m"});
+    Child relay(Argv({"--store", uri_, "--broker", broker_uri_, "relay", "--json", "--batch", "7"}), Environment());
+    std::optional<std::string> started = relay.ReadLine(30s);
+    ASSERT_TRUE(started.has_value());
+    EXPECT_EQ(Json::parse(*started), Json::parse(R"({"event":"started","batch":7,"window":100})"));
+    std::optional<std::string> published = relay.ReadLine(30s);
+    ASSERT_TRUE(published.has_value());
+    EXPECT_EQ(Json::parse(*published), Json::parse(R"({"event":"published","count":1,"total":1})"));
+    relay.Signal(SIGINT);
+    RunResult r = relay.Finish(30s);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    std::vector<Json> lines = JsonLines(r.out);
+    ASSERT_EQ(lines.size(), 3u) << r.out;
+    EXPECT_EQ(lines[2]["event"], "stopped");
+    EXPECT_EQ(lines[2]["published"], 1);
+    EXPECT_EQ(lines[2]["failures"], 0);
+    EXPECT_GE(lines[2]["rounds"].get<int64_t>(), 1);
+}
+
+// Holds the write lock of a SQLite database (a local: broker's file) so that the broker's publishes time out: a broker
+// that fails, injected from outside the keel process.
+class WriteLockHolder {
+public:
+    explicit WriteLockHolder(const std::filesystem::path& path) {
+        EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+        EXPECT_EQ(sqlite3_exec(db_, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db_);
+    }
+    ~WriteLockHolder() {
+        sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+        sqlite3_close(db_);
+    }
+    WriteLockHolder(const WriteLockHolder&) = delete;
+    WriteLockHolder& operator=(const WriteLockHolder&) = delete;
+
+private:
+    sqlite3* db_ = nullptr;
+};
+
+// A broker that fails: its database is locked by the test (the local: broker waits 5 s for a lock, the relay's publish
+// times out after 5 s). Exit 1 for --once and for a relay that is failing when it is stopped; nothing is lost.
+TEST_F(CliTest, RelayExitsNonZeroWhenTheBrokerFails) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    CommitOutbox({"stuck"});
+    {
+        WriteLockHolder lock(broker_path_);
+        RunResult r = KeelWithBroker({"relay", "--once"});
+        EXPECT_EQ(r.exit_code, 1);
+        EXPECT_EQ(r.out, "");
+        ExpectOneErrorLine(r, "cannot open broker " + broker_uri_);
+        EXPECT_THAT(r.err, HasSubstr("locked"));
+    }
+    EXPECT_EQ(Outbox()["pending"], 1);
+
+    Child relay(Argv({"--store", uri_, "--broker", broker_uri_, "relay"}), Environment());
+    ASSERT_TRUE(relay.ReadLine(30s).has_value()) << "relay printed nothing";
+    ASSERT_EQ(relay.ReadLine(30s), "published 1 message (total 1)");
+    {
+        WriteLockHolder lock(broker_path_);  // now every publish times out
+        CommitOutbox({"stuck"});
+        EXPECT_TRUE(relay.WaitForStderr("keel: relay round failed: ", 30s));
+        relay.Signal(SIGTERM);
+        RunResult r = relay.Finish(30s);
+        EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+        EXPECT_THAT(r.out, ::testing::ContainsRegex(
+                               "relay stopped: published 1 message in [0-9]+ rounds?, [1-9][0-9]* failed rounds?\n$"));
+        EXPECT_THAT(r.err, HasSubstr("retrying with backoff"));
+        std::vector<std::string> errors = Lines(r.err);
+        ASSERT_FALSE(errors.empty());
+        EXPECT_THAT(errors.back(), StartsWith("keel: the relay stopped while failing: "));
+        EXPECT_THAT(errors.back(), HasSubstr("; check the broker"));
+    }
+    EXPECT_EQ(Outbox()["pending"], 1) << "an unconfirmed row stays pending";
+
+    // The broker is back: nothing was lost.
+    auto consumer = Broker().Consume("orders", "billing").value();
+    RunResult r = KeelWithBroker({"relay", "--once"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "published 1 outbox message; 0 still pending\n");
+}
+
+TEST_F(CliTest, RelayUsageAndOpenErrors) {
+    CommitOutbox({"m"});
+    RunResult r = Keel({"relay", "--once"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.out, "");
+    ExpectOneErrorLine(r, "no broker given");
+    EXPECT_THAT(r.err, HasSubstr("KEEL_BROKER"));
+
+    r = RunRaw({"--broker", broker_uri_, "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "no store given");
+
+    r = Keel({"--broker", "nosuchbroker://x", "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "cannot open broker nosuchbroker://x");
+
+    r = Keel({"--broker", "local:", "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "cannot open broker local:");
+
+    // The broker cannot be opened (its directory does not exist): a broker failure, exit 1.
+    r = Keel({"--broker", "local://" + (dir_ / "no" / "such" / "dir" / "b.db").string(), "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 1);
+    ExpectOneErrorLine(r, "cannot open broker");
+
+    r = KeelWithBroker({"relay", "--once", "--batch", "0"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "--batch must be at least 1");
+    r = KeelWithBroker({"relay", "--window", "-1"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "--window");
+
+    // A missing store is not created, and a store without an outbox is told apart.
+    r = RunRaw({"--store", "sqlite://" + (dir_ / "missing.db").string(), "--broker", broker_uri_, "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 5);
+    ExpectOneErrorLine(r, "cannot open store");
+    EXPECT_FALSE(std::filesystem::exists(dir_ / "missing.db"));
+    r = RunRaw({"--store", "memory:", "--broker", broker_uri_, "relay", "--once"});
+    EXPECT_EQ(r.exit_code, 1);
+    ExpectOneErrorLine(r, "this store has no outbox");
+    r = RunRaw({"--store", "memory:", "--broker", broker_uri_, "relay"});
+    EXPECT_EQ(r.exit_code, 1);
+    ExpectOneErrorLine(r, "this store has no outbox");
+    r = RunRaw({"--store", "memory:", "outbox"});
+    EXPECT_EQ(r.exit_code, 1);
+    ExpectOneErrorLine(r, "this store has no outbox");
+
+    EXPECT_EQ(Outbox()["pending"], 1) << "no failed command published or lost anything";
+}
+
+TEST_F(CliTest, DlqListShowsTheErrorAndReplayMakesTheMessageReceivableAgain) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    ASSERT_TRUE(
+        Broker().PublishReliable({"orders", "Order-7", keel::Uuid::Generate(), R"({"total":12})", {}}, 5s).ok());
+    {
+        auto delivery = consumer->Receive(10s).value();
+        ASSERT_TRUE(delivery.has_value());
+        ASSERT_TRUE(consumer->DeadLetter(*delivery, "cannot parse the order: total is not a string").ok());
+    }
+    EXPECT_TRUE(NothingArrives(*consumer));
+
+    // A broker only: no --store, and no store file appears.
+    RunResult r = KeelBrokerOnly({"dlq", "list", "orders", "billing"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    std::vector<std::string> lines = Lines(r.out);
+    ASSERT_EQ(lines.size(), 2u) << r.out;
+    EXPECT_THAT(lines[0], ::testing::MatchesRegex(R"( *id +attempts +dead_lettered_at +key +error +payload)"));
+    EXPECT_THAT(lines[1], HasSubstr("Order-7"));
+    EXPECT_THAT(lines[1], HasSubstr("cannot parse the order"));
+    EXPECT_THAT(lines[1], HasSubstr(R"({"total":12})"));
+    EXPECT_TRUE(ContainsIsoMicros(lines[1])) << lines[1];
+    EXPECT_FALSE(std::filesystem::exists(db_path_));
+
+    r = KeelBrokerOnly({"dlq", "list", "orders", "billing", "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<Json> letters = JsonLines(r.out);
+    ASSERT_EQ(letters.size(), 1u);
+    EXPECT_EQ(Keys(letters[0]), (std::set<std::string>{"id", "destination", "group", "message_id", "key", "attempts",
+                                                       "dead_lettered_at", "error", "payload", "headers"}));
+    EXPECT_EQ(letters[0]["error"], "cannot parse the order: total is not a string");
+    EXPECT_EQ(letters[0]["payload"], Json::parse(R"({"total":12})"));
+    EXPECT_EQ(letters[0]["key"], "Order-7");
+    EXPECT_EQ(letters[0]["destination"], "orders");
+    EXPECT_EQ(letters[0]["group"], "billing");
+    EXPECT_GE(letters[0]["attempts"].get<int>(), 1);
+
+    r = KeelBrokerOnly({"dlq", "replay", "orders", "billing"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "replayed 1 dead letter of orders/billing: the group receives it again\n");
+    EXPECT_EQ(Receive(*consumer, 1), (std::vector<std::string>{R"({"total":12})"}));
+
+    r = KeelBrokerOnly({"dlq", "list", "orders", "billing"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "(no dead letters in orders/billing)\n");
+    EXPECT_FALSE(std::filesystem::exists(db_path_));
+}
+
+TEST_F(CliTest, DlqReplayByIdAndListLimit) {
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    auto consumer = Broker().Consume("orders", "billing").value();
+    for (std::string payload : {"p1", "p2", "p3"}) {
+        ASSERT_TRUE(Broker().PublishReliable({"orders", "K-" + payload, keel::Uuid::Generate(), payload, {}}, 5s).ok());
+    }
+    for (int i = 0; i < 3; ++i) {
+        auto delivery = consumer->Receive(10s).value();
+        ASSERT_TRUE(delivery.has_value());
+        ASSERT_TRUE(consumer->DeadLetter(*delivery, "boom " + delivery->message.payload).ok());
+    }
+    RunResult r = KeelBrokerOnly({"--json", "dlq", "list", "orders", "billing"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<Json> letters = JsonLines(r.out);
+    ASSERT_EQ(letters.size(), 3u);
+    EXPECT_EQ(letters[0]["payload"], "p1") << "oldest first";
+
+    r = KeelBrokerOnly({"--json", "dlq", "list", "orders", "billing", "--limit", "2"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(JsonLines(r.out).size(), 2u);
+
+    const std::string second = letters[1]["id"].get<std::string>();
+    r = KeelBrokerOnly({"dlq", "replay", "orders", "billing", "--id", second, "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(JsonLines(r.out).at(0), Json::parse(R"({"destination":"orders","group":"billing","replayed":1})"));
+    EXPECT_EQ(Receive(*consumer, 1), (std::vector<std::string>{"p2"}));
+
+    // Replaying it again: it is no dead letter any more (exit 5), and the others stay.
+    r = KeelBrokerOnly({"dlq", "replay", "orders", "billing", "--id", second});
+    EXPECT_EQ(r.exit_code, 5);
+    EXPECT_EQ(r.out, "replayed 0 dead letters of orders/billing: the group receives them again\n");
+    ExpectOneErrorLine(r, "1 of the 1 ids given is not a dead letter of orders/billing");
+    r = KeelBrokerOnly({"--json", "dlq", "list", "orders", "billing"});
+    letters = JsonLines(r.out);
+    ASSERT_EQ(letters.size(), 2u);
+    EXPECT_EQ(letters[0]["payload"], "p1");
+    EXPECT_EQ(letters[1]["payload"], "p3");
+    EXPECT_TRUE(NothingArrives(*consumer));
+}
+
+TEST_F(CliTest, DlqUsageAndBrokerErrors) {
+    RunResult r = RunRaw({"dlq", "list", "orders", "billing"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.out, "");
+    ExpectOneErrorLine(r, "no broker given");
+    EXPECT_THAT(r.err, HasSubstr("KEEL_BROKER"));
+
+    // A missing local: file is not created by the commands that only look at (or edit) its queues.
+    r = KeelBrokerOnly({"dlq", "list", "orders", "billing"});
+    EXPECT_EQ(r.exit_code, 5);
+    ExpectOneErrorLine(r, "cannot open broker " + broker_uri_);
+    EXPECT_FALSE(std::filesystem::exists(broker_path_));
+    r = KeelBrokerOnly({"dlq", "replay", "orders", "billing"});
+    EXPECT_EQ(r.exit_code, 5);
+    EXPECT_FALSE(std::filesystem::exists(broker_path_));
+
+    ASSERT_TRUE(Broker().Declare("orders", "billing").ok());
+    r = RunRaw({"dlq", "list", "orders", "billing"}, {"KEEL_BROKER=" + broker_uri_});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "(no dead letters in orders/billing)\n");
+
+    r = KeelBrokerOnly({"dlq", "list", "orders", "shipping"});
+    EXPECT_EQ(r.exit_code, 5);
+    ExpectOneErrorLine(r, "listing the dead letters of orders/shipping failed");
+    r = KeelBrokerOnly({"dlq", "replay", "orders", "billing", "--id", "not-an-id"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "not-an-id");
+    r = KeelBrokerOnly({"dlq", "list", "bad name!", "billing"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "bad name!");
+
+    r = KeelBrokerOnly({"dlq", "list", "orders"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "group");
+    EXPECT_THAT(r.err, HasSubstr("keel dlq list --help"));
+    r = KeelBrokerOnly({"dlq"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "keel dlq --help");
+    r = RunRaw({"--broker", "nosuchbroker://x", "dlq", "list", "orders", "billing"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "unknown scheme");
+    std::ofstream(dir_ / "not-a-broker.db") << "just text, not SQLite";
+    r = RunRaw({"--broker", "local://" + (dir_ / "not-a-broker.db").string(), "dlq", "list", "orders", "billing"});
+    EXPECT_EQ(r.exit_code, 1);
+    ExpectOneErrorLine(r, "not a keel broker database");
+}
+
+TEST_F(CliTest, ProjectionRebuildSetsTheRebuildMarkerAndListShowsIt) {
+    for (int i = 0; i < 3; ++i) Append("Order-1", "OrderNoted", std::to_string(i));
+    ASSERT_TRUE(Store().SaveCheckpoint(keel::ProjectionCheckpointName("order-totals"), 3).ok());
+    ASSERT_TRUE(Store().SaveCheckpoint("subscription-a", 1).ok());
+
+    RunResult r = Keel({"projection", "list"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::vector<std::string> lines = Lines(r.out);
+    ASSERT_EQ(lines.size(), 2u) << "subscription checkpoints are not projections:\n" << r.out;
+    EXPECT_THAT(lines[0], ::testing::MatchesRegex(R"(projection +position +lag +state +updated)"));
+    EXPECT_THAT(lines[1], ::testing::MatchesRegex(R"(order-totals +3 +0 +caught up +[0-9]{4}-.*Z)"));
+
+    r = Keel({"projection", "rebuild", "order-totals"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_THAT(r.out, HasSubstr("rebuild of projection order-totals requested"));
+    EXPECT_THAT(r.out, HasSubstr("checkpoint projection:order-totals was at 3"));
+    EXPECT_THAT(r.out, HasSubstr("resets its read model and replays"));
+    EXPECT_EQ(Store().LoadCheckpoint(keel::ProjectionCheckpointName("order-totals")).value(), -1);
+
+    r = Keel({"projection", "list"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("order-totals +rebuild +3 +rebuild requested +[0-9]{4}-"));
+    std::vector<Json> projections = ReadJson({"projection", "list"});
+    ASSERT_EQ(projections.size(), 1u);
+    EXPECT_EQ(projections[0]["name"], "order-totals");
+    EXPECT_EQ(projections[0]["checkpoint"], "projection:order-totals");
+    EXPECT_EQ(projections[0]["position"], -1);
+    EXPECT_EQ(projections[0]["lag"], 3) << "a projection about to rebuild lags by the whole head";
+    EXPECT_EQ(projections[0]["rebuild_requested"], true);
+
+    std::vector<Json> again = ReadJson({"projection", "rebuild", "order-totals"});
+    ASSERT_EQ(again.size(), 1u);
+    EXPECT_EQ(again[0], Json::parse(R"({"projection":"order-totals","checkpoint":"projection:order-totals",
+                                         "previous_position":-1,"rebuild_requested":true})"));
+}
+
+TEST_F(CliTest, ProjectionRebuildOfAnUnknownNameNeedsForce) {
+    Append("Order-1", "OrderNoted", "1");
+    RunResult r = Keel({"projection", "rebuild", "order-totlas"});
+    EXPECT_EQ(r.exit_code, 5);
+    EXPECT_EQ(r.out, "");
+    ExpectOneErrorLine(r, "projection order-totlas has no checkpoint");
+    EXPECT_THAT(r.err, HasSubstr("--force"));
+    EXPECT_EQ(Store().LoadCheckpoint("projection:order-totlas").status().code(), keel::StatusCode::kNotFound);
+
+    r = Keel({"projection", "rebuild", "new-projection", "--force"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, HasSubstr("checkpoint projection:new-projection did not exist yet"));
+    EXPECT_EQ(Store().LoadCheckpoint("projection:new-projection").value(), -1);
+
+    r = Keel({"projection", "rebuild"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "name");
+    EXPECT_THAT(r.err, HasSubstr("keel projection rebuild --help"));
+    r = Keel({"projection", "rebuild", "", "--force"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "projection name is empty");
+    r = Keel({"projection", "rebuild", "bad\nname", "--force"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "projection name");
+    r = Keel({"projection"});
+    EXPECT_EQ(r.exit_code, 2);
+    ExpectOneErrorLine(r, "keel projection --help");
+    r = RunRaw({"--store", "sqlite://" + (dir_ / "missing.db").string(), "projection", "rebuild", "x", "--force"});
+    EXPECT_EQ(r.exit_code, 5);
+    EXPECT_FALSE(std::filesystem::exists(dir_ / "missing.db"));
+
+    r = Keel({"projection", "list"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("new-projection +rebuild +1 +rebuild requested"));
+}
+
+// End to end: a projection running in this process notices a rebuild requested by the keel process, resets its read
+// model and replays every event.
+TEST_F(CliTest, ProjectionRebuildMakesTheRunningProjectionResetAndReplay) {
+    for (int i = 1; i <= 3; ++i) Append("Order-1", "OrderNoted", std::to_string(i));
+    {
+        auto uow = keel::UnitOfWork::Begin(Store()).value();
+        ASSERT_TRUE(uow.Exec("CREATE TABLE notes (n INTEGER NOT NULL)").ok());
+        ASSERT_TRUE(uow.Commit().ok());
+    }
+    std::atomic<int> resets{0};
+    std::atomic<int> applied{0};
+    keel::ProjectionOptions options;
+    options.name = "notes";
+    options.poll_interval = 20ms;
+    options.reset = [&](keel::UnitOfWork& uow) {
+        ++resets;
+        return uow.Exec("DELETE FROM notes").status();
+    };
+    auto projection =
+        keel::Projection::Start(Store(), options, [&](keel::UnitOfWork& uow, const keel::RecordedEvent& e) {
+            ++applied;
+            return uow.Exec("INSERT INTO notes (n) VALUES (?)", {static_cast<int64_t>(std::stoll(e.data))}).status();
+        }).value();
+    ASSERT_TRUE(projection->WaitFor(3, 30s).ok());
+    EXPECT_EQ(applied.load(), 3);
+
+    RunResult r = Keel({"projection", "rebuild", "notes"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while ((resets.load() == 0 || applied.load() < 6) && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(resets.load(), 1);
+    EXPECT_EQ(applied.load(), 6) << "every event is applied again after the reset";
+    ASSERT_TRUE(projection->WaitFor(3, 30s).ok());
+    projection->Stop();
+    auto uow = keel::UnitOfWork::Begin(Store()).value();
+    EXPECT_EQ(uow.Query("SELECT count(*), sum(n) FROM notes").value().Int(0, 0).value(), 3);
+    EXPECT_EQ(uow.Query("SELECT sum(n) FROM notes").value().Int(0, 0).value(), 6);
+    EXPECT_EQ(Store().LoadCheckpoint("projection:notes").value(), 3);
+}
+
+TEST_F(CliTest, StatsShowsProjectionCheckpointsWithTheirLag) {
+    for (int i = 0; i < 5; ++i) Append("Order-1", "OrderNoted", std::to_string(i));
+    ASSERT_TRUE(Store().SaveCheckpoint(keel::ProjectionCheckpointName("order-totals"), 2).ok());
+    ASSERT_TRUE(keel::RequestProjectionRebuild(Store(), "customer-view").ok());
+
+    Json stats = Stats();
+    ASSERT_EQ(stats["checkpoints"].size(), 2u) << stats;
+    std::map<std::string, Json> by_name;
+    for (const Json& cp : stats["checkpoints"]) by_name[cp["name"].get<std::string>()] = cp;
+    ASSERT_TRUE(by_name.count("projection:order-totals")) << stats;
+    ASSERT_TRUE(by_name.count("projection:customer-view")) << stats;
+    EXPECT_EQ(by_name["projection:order-totals"]["position"], 2);
+    EXPECT_EQ(by_name["projection:order-totals"]["lag"], 3);
+    EXPECT_EQ(by_name["projection:customer-view"]["position"], -1);
+    EXPECT_EQ(by_name["projection:customer-view"]["lag"], 5) << "the rebuild marker lags by the whole head, not head+1";
+
+    RunResult r = Keel({"stats"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("projection:order-totals +2 +3 +[0-9]{4}-"));
+    EXPECT_THAT(r.out, ::testing::ContainsRegex("projection:customer-view +rebuild +5 +[0-9]{4}-"));
+}
+
+TEST_F(CliTest, HelpListsTheOutboxBrokerAndProjectionCommands) {
+    RunResult r = RunRaw({"--help"});
+    EXPECT_EQ(r.exit_code, 0);
+    for (std::string_view word : {"relay", "outbox", "dlq", "projection", "KEEL_BROKER"}) {
+        EXPECT_THAT(r.out, HasSubstr(std::string(word)));
+    }
+    r = RunRaw({"dlq", "--help"});
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.out, HasSubstr("replay"));
+    r = RunRaw({"relay", "--help"});
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_THAT(r.out, HasSubstr("--once"));
+    r = Keel({"frobnicate"});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_THAT(r.err, HasSubstr("relay, outbox, dlq and projection"));
+}
+
 // In-process tests of the formatting helpers.
 
 TEST(CliOutput, FormatTimestampIsIso8601UtcWithMicroseconds) {
@@ -883,6 +1564,15 @@ TEST(CliOutput, EventToJsonEmbedsJsonDataAndKeepsOtherDataAsAString) {
 
     event.data = std::string(1000, '[') + std::string(1000, ']');
     EXPECT_TRUE(keel::cli::EventToJson(event)["data"].is_string()) << "absurdly deep JSON stays a string";
+}
+
+TEST(CliOutput, CheckpointLagCountsTheRebuildMarkerAsZero) {
+    EXPECT_EQ(keel::cli::CheckpointLag(10, 4), 6);
+    EXPECT_EQ(keel::cli::CheckpointLag(10, 10), 0);
+    EXPECT_EQ(keel::cli::CheckpointLag(10, keel::cli::kProjectionRebuildMarker), 10);
+    EXPECT_EQ(keel::cli::CheckpointLag(0, 0), 0);
+    EXPECT_TRUE(keel::cli::IsProjectionCheckpoint("projection:x"));
+    EXPECT_FALSE(keel::cli::IsProjectionCheckpoint("subscription:x"));
 }
 
 TEST(CliOutput, FitCellCutsOnCodePointsAndHidesControlCharacters) {

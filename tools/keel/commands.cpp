@@ -11,11 +11,14 @@
 #include <limits>
 #include <mutex>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "keel/outbox.hpp"
+#include "keel/projection.hpp"
 #include "keel/subscription.hpp"
 #include "keel/uuid.hpp"
 
@@ -26,6 +29,8 @@ namespace {
 constexpr size_t kPageSize = 1000;
 // How often `tail` looks at its stop conditions.
 constexpr std::chrono::milliseconds kTailTick{50};
+// How often `relay` looks at its stop flag and at the relay's counters.
+constexpr std::chrono::milliseconds kRelayTick{50};
 
 std::string DescribeExpected(const ExpectedVersion& expected) {
     switch (expected.kind()) {
@@ -130,6 +135,48 @@ Outcome BuildEvent(const AppendArgs& args, EventData& event) {
         event.metadata = std::move(*metadata);
     }
     return Outcome::Ok();
+}
+
+int64_t NowMicros() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// A store whose backend keeps no outbox (memory:), told in the terms of the CLI.
+Outcome OutboxFailure(std::string_view action, const Status& status) {
+    if (status.code() == StatusCode::kNotSupported) {
+        return Fail(
+            Status::NotSupported(fmt::format("{} failed: this store has no outbox ({})", action, status.message())),
+            "use the service's database (sqlite:, postgresql:, mysql:), where units of work write the outbox");
+    }
+    return Fail(status.WithContext(fmt::format("{} failed", action)));
+}
+
+// A failed broker call on one consumer group, told in the terms of the CLI.
+Outcome GroupFailure(std::string_view action, std::string_view destination, std::string_view group,
+                     const Status& status) {
+    std::string what = fmt::format("{} of {}/{} failed", action, destination, group);
+    switch (status.code()) {
+        case StatusCode::kNotFound:
+            return Fail(Status::NotFound(fmt::format("{}: {}", what, status.message())),
+                        "check DESTINATION and GROUP (a consumer declares its group when it starts) and --broker");
+        case StatusCode::kInvalidArgument:
+            return Fail(Status::InvalidArgument(fmt::format("{}: {}", what, status.message())),
+                        "names are 1-200 bytes of [A-Za-z0-9._-]; ids are those 'keel dlq list' shows");
+        default: return Fail(status.WithContext(what));
+    }
+}
+
+Outcome RelayOnceFailure(const Status& status) {
+    if (status.code() == StatusCode::kFailedPrecondition) {
+        return Fail(Status::FailedPrecondition(fmt::format("relay --once did not run: {}", status.message())),
+                    "a relay is already running on this store and publishes the outbox; stop it first, or retry "
+                    "once its lease has expired");
+    }
+    if (status.code() == StatusCode::kNotSupported) return OutboxFailure("relay --once", status);
+    return Fail(status.WithContext("relay --once failed"),
+                "the rows before the failed one were published and marked; the next round publishes the rest, in "
+                "order (check the broker, then run it again)");
 }
 
 }  // namespace
@@ -345,6 +392,173 @@ Outcome RunDelete(const StoreOpener& open, const DeleteArgs& args, const OutputO
     Status deleted = store->DeleteStream(args.stream, *expected, mode);
     if (!deleted.ok()) return StreamFailure(fmt::format("delete of {}", args.stream), args.stream, deleted, *expected);
     PrintDeleted(out, args.stream, mode);
+    return Outcome::Ok();
+}
+
+Outcome RunRelay(const StoreOpener& open_store, const BrokerOpener& open_broker, const RelayArgs& args,
+                 const OutputOptions& out, const std::atomic<bool>& stop) {
+    if (args.batch == 0 || args.window == 0) {
+        return Fail(
+            Status::InvalidArgument(fmt::format("--{} must be at least 1", args.batch == 0 ? "batch" : "window")),
+            "pass a whole number >= 1 (defaults: --batch 500, --window 100)");
+    }
+    RelayOptions options;
+    options.batch = args.batch;
+    options.window = args.window;
+
+    std::unique_ptr<EventStore> store;
+    if (Outcome opened = open_store(store); !opened.ok()) return opened;
+    std::unique_ptr<Broker> broker;
+    if (Outcome opened = open_broker(broker); !opened.ok()) return opened;
+
+    if (args.once) {
+        auto published = RelayOnce(*store, *broker, options);
+        if (!published.ok()) return RelayOnceFailure(published.status());
+        auto stats = GetOutboxStats(*store);
+        if (!stats.ok()) return OutboxFailure("reading the outbox", stats.status());
+        PrintRelayOnce(out, *published, stats->pending);
+        return Outcome::Ok();
+    }
+
+    auto started = Relay::Start(*store, *broker, options);
+    if (!started.ok()) {
+        if (started.status().code() == StatusCode::kNotSupported) return OutboxFailure("relay", started.status());
+        return Fail(started.status().WithContext("starting the relay failed"));
+    }
+    std::unique_ptr<Relay> relay = std::move(*started);
+    PrintRelayStarted(out, options);
+
+    // The relay runs on its own thread; this loop reports what it did, as seen through its counters.
+    RelayStats last;
+    bool failing = false;       // the latest rounds failed (and no later round succeeded)
+    bool announced = false;     // a lease state was printed
+    bool leader_shown = false;  // the lease state printed last
+    auto report = [&](const RelayStats& now) {
+        if (now.published > last.published) PrintRelayPublished(out, now.published - last.published, now.published);
+        // Standby shows as a round without leadership and without a failure count (RelayStats counts failures of the
+        // leader only).
+        if (now.rounds > last.rounds && now.failures == last.failures) {
+            if (!announced ? !now.leader : now.leader != leader_shown) {
+                PrintRelayLease(out, now.leader);
+                announced = true;
+                leader_shown = now.leader;
+            }
+        }
+        if (now.failures > last.failures) {
+            failing = true;
+            std::fflush(out.out);
+            fmt::print(stderr, "keel: relay round failed: {}; retrying with backoff (nothing is lost)\n",
+                       now.last_error);
+        } else if (now.rounds > last.rounds) {
+            failing = false;
+        }
+        last = now;
+    };
+    while (!stop.load()) {
+        std::this_thread::sleep_for(kRelayTick);
+        report(relay->stats());
+    }
+    relay->Stop();
+    RelayStats final_stats = relay->stats();
+    report(final_stats);
+    PrintRelayStopped(out, final_stats);
+    if (failing) {
+        return Fail(Status::Unavailable(fmt::format("the relay stopped while failing: {}", final_stats.last_error)),
+                    "check the broker and the store; unpublished rows stay in the outbox for the next relay");
+    }
+    return Outcome::Ok();
+}
+
+Outcome RunOutboxStats(const StoreOpener& open, const OutputOptions& out) {
+    std::unique_ptr<EventStore> store;
+    if (Outcome opened = open(store); !opened.ok()) return opened;
+    auto stats = GetOutboxStats(*store);
+    if (!stats.ok()) return OutboxFailure("reading the outbox", stats.status());
+    PrintOutboxStats(out, *stats, NowMicros());
+    return Outcome::Ok();
+}
+
+Outcome RunOutboxRepublish(const StoreOpener& open, const RepublishArgs& args, const OutputOptions& out) {
+    if (args.from < 1) {
+        return Fail(Status::InvalidArgument(fmt::format("--from {} is not an outbox position", args.from)),
+                    "outbox positions start at 1; 'keel outbox' shows the last one");
+    }
+    std::unique_ptr<EventStore> store;
+    if (Outcome opened = open(store); !opened.ok()) return opened;
+    auto marked = RepublishOutbox(*store, args.from);
+    if (!marked.ok()) return OutboxFailure(fmt::format("republish from {}", args.from), marked.status());
+    PrintRepublished(out, args.from, *marked);
+    return Outcome::Ok();
+}
+
+Outcome RunDlqList(const BrokerOpener& open, const DlqListArgs& args, const OutputOptions& out) {
+    std::unique_ptr<Broker> broker;
+    if (Outcome opened = open(broker); !opened.ok()) return opened;
+    auto letters = broker->ListDeadLetters(args.destination, args.group, args.limit);
+    if (!letters.ok()) return GroupFailure("listing the dead letters", args.destination, args.group, letters.status());
+    PrintDeadLetters(out, args.destination, args.group, *letters);
+    return Outcome::Ok();
+}
+
+Outcome RunDlqReplay(const BrokerOpener& open, const DlqReplayArgs& args, const OutputOptions& out) {
+    for (const auto& id : args.ids) {
+        if (id.empty()) {
+            return Fail(Status::InvalidArgument("--id is empty"), "pass ids that 'keel dlq list' shows, or no --id");
+        }
+    }
+    std::unique_ptr<Broker> broker;
+    if (Outcome opened = open(broker); !opened.ok()) return opened;
+    auto replayed = broker->ReplayDeadLetters(args.destination, args.group, args.ids);
+    if (!replayed.ok()) return GroupFailure("replaying dead letters", args.destination, args.group, replayed.status());
+    PrintReplayed(out, args.destination, args.group, *replayed);
+    if (!args.ids.empty() && *replayed < args.ids.size()) {
+        size_t missing = args.ids.size() - *replayed;
+        return Fail(
+            Status::NotFound(fmt::format("{} of the {} ids given {} not a dead letter of {}/{}", missing,
+                                         args.ids.size(), missing == 1 ? "is" : "are", args.destination, args.group)),
+            "they may have been replayed already; 'keel dlq list' shows the dead letters left");
+    }
+    return Outcome::Ok();
+}
+
+Outcome RunProjectionRebuild(const StoreOpener& open, const ProjectionRebuildArgs& args, const OutputOptions& out) {
+    if (args.name.empty()) {
+        return Fail(Status::InvalidArgument("the projection name is empty"),
+                    "pass the projection's name ('keel projection list' lists them)");
+    }
+    std::unique_ptr<EventStore> store;
+    if (Outcome opened = open(store); !opened.ok()) return opened;
+    std::string checkpoint = ProjectionCheckpointName(args.name);
+    std::optional<int64_t> previous;
+    auto loaded = store->LoadCheckpoint(checkpoint);
+    if (loaded.ok()) {
+        previous = *loaded;
+    } else if (loaded.status().code() == StatusCode::kInvalidArgument) {
+        return Fail(
+            Status::InvalidArgument(fmt::format("the projection name is not valid: {}", loaded.status().message())),
+            "pass the name the projection was started with: 1-200 bytes, no control characters");
+    } else if (loaded.status().code() != StatusCode::kNotFound) {
+        return Fail(loaded.status().WithContext(fmt::format("reading checkpoint {} failed", checkpoint)));
+    } else if (!args.force) {
+        return Fail(
+            Status::NotFound(fmt::format("projection {} has no checkpoint ({}) in this store", args.name, checkpoint)),
+            "check the name ('keel projection list'), or pass --force to request the rebuild of a "
+            "projection that has not run yet");
+    }
+    Status requested = RequestProjectionRebuild(*store, args.name);
+    if (!requested.ok()) {
+        return Fail(requested.WithContext(fmt::format("rebuild of projection {} failed", args.name)));
+    }
+    PrintRebuildRequested(out, args.name, previous);
+    return Outcome::Ok();
+}
+
+Outcome RunProjectionList(const StoreOpener& open, const OutputOptions& out) {
+    std::unique_ptr<EventStore> store;
+    if (Outcome opened = open(store); !opened.ok()) return opened;
+    auto stats = store->Stats();
+    if (!stats.ok()) return Fail(stats.status().WithContext("reading the store's checkpoints failed"));
+    PrintProjections(out, *stats);
     return Outcome::Ok();
 }
 

@@ -1,8 +1,9 @@
 #pragma once
-// The keel CLI's commands. Each takes a way to open the store, its parsed arguments and the output options; it checks
-// its arguments first, then opens the store (so a typo never creates or touches a file), works through the public
-// EventStore API, prints through output.hpp and returns an Outcome. main.cpp does the wiring: flags, environment,
-// which store, signals and exit codes.
+// The keel CLI's commands. Each takes a way to open the store (and, for the outbox relay and the dead-letter queues,
+// the broker), its parsed arguments and the output options; it checks its arguments first, then opens the store (so a
+// typo never creates or touches a file), works through the public keel API (event_store.hpp, outbox.hpp, broker.hpp,
+// projection.hpp), prints through output.hpp and returns an Outcome. main.cpp does the wiring: flags, environment,
+// which store and broker, signals and exit codes.
 
 #include <atomic>
 #include <cstddef>
@@ -14,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "keel/broker.hpp"
 #include "keel/event_store.hpp"
 #include "keel/status.hpp"
 
@@ -35,6 +37,9 @@ Outcome Fail(Status status, std::string hint = {});
 
 // Opens the store into `store`, or returns the failure (with advice) when it cannot.
 using StoreOpener = std::function<Outcome(std::unique_ptr<EventStore>& store)>;
+
+// Opens the broker into `broker`, or returns the failure (with advice) when it cannot.
+using BrokerOpener = std::function<Outcome(std::unique_ptr<Broker>& broker)>;
 
 struct AppendArgs {
     std::string stream;
@@ -92,6 +97,33 @@ struct DeleteArgs {
     std::string expected = "any";
 };
 
+struct RelayArgs {
+    bool once = false;    // one round, then exit
+    size_t batch = 500;   // rows claimed and published per round (RelayOptions::batch)
+    size_t window = 100;  // unconfirmed publishes in flight (RelayOptions::window)
+};
+
+struct RepublishArgs {
+    int64_t from = 0;  // first outbox position marked for re-publishing (>= 1)
+};
+
+struct DlqListArgs {
+    std::string destination;
+    std::string group;
+    size_t limit = 0;  // 0: all
+};
+
+struct DlqReplayArgs {
+    std::string destination;
+    std::string group;
+    std::vector<std::string> ids;  // empty: every dead letter of the group
+};
+
+struct ProjectionRebuildArgs {
+    std::string name;
+    bool force = false;  // request the rebuild even when the projection never stored a checkpoint
+};
+
 // "any", "no_stream", "exists" (or "stream_exists"), or a version number (-1 means no_stream).
 // kInvalidArgument naming `flag` otherwise.
 Result<ExpectedVersion> ParseExpectedVersion(std::string_view flag, std::string_view text);
@@ -111,5 +143,20 @@ Outcome RunTail(const StoreOpener& open, const TailArgs& args, const OutputOptio
 Outcome RunStats(const StoreOpener& open, const OutputOptions& out);
 Outcome RunMetadata(const StoreOpener& open, const MetadataArgs& args, const OutputOptions& out);
 Outcome RunDelete(const StoreOpener& open, const DeleteArgs& args, const OutputOptions& out);
+
+// `keel relay`: with `args.once`, one relay round (RelayOnce); else a Relay until `stop` becomes true (main sets it on
+// SIGINT/SIGTERM), printing a line whenever messages were published and a summary at the end.
+Outcome RunRelay(const StoreOpener& open_store, const BrokerOpener& open_broker, const RelayArgs& args,
+                 const OutputOptions& out, const std::atomic<bool>& stop);
+// `keel outbox`: pending, published kept, oldest pending, last position.
+Outcome RunOutboxStats(const StoreOpener& open, const OutputOptions& out);
+// `keel outbox republish --from N`.
+Outcome RunOutboxRepublish(const StoreOpener& open, const RepublishArgs& args, const OutputOptions& out);
+// `keel dlq list` and `keel dlq replay`: need a broker only, no store.
+Outcome RunDlqList(const BrokerOpener& open, const DlqListArgs& args, const OutputOptions& out);
+Outcome RunDlqReplay(const BrokerOpener& open, const DlqReplayArgs& args, const OutputOptions& out);
+// `keel projection rebuild NAME` and `keel projection list`.
+Outcome RunProjectionRebuild(const StoreOpener& open, const ProjectionRebuildArgs& args, const OutputOptions& out);
+Outcome RunProjectionList(const StoreOpener& open, const OutputOptions& out);
 
 }  // namespace keel::cli

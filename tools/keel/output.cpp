@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "keel/projection.hpp"
+
 namespace keel::cli {
 namespace {
 
@@ -17,6 +19,9 @@ constexpr size_t kMinDataWidth = 16;
 constexpr size_t kBufferedRows = 512;
 // JSON nested deeper than this is shown as a string (nlohmann's dump recurses).
 constexpr int kMaxEmbeddedDepth = 256;
+// Widest key and error cells of the dead-letter table (the payload, last, takes the rest of the line).
+constexpr size_t kMaxKeyWidth = 24;
+constexpr size_t kMaxErrorWidth = 48;
 
 bool IsContinuationByte(char c) {
     return (static_cast<unsigned char>(c) & 0xC0) == 0x80;
@@ -106,6 +111,17 @@ nlohmann::ordered_json StreamInfoToJson(const StreamInfo& info) {
         {"state", StreamStateName(info.state)}, {"updated_at", FormatTimestamp(info.updated_at)},
         {"metadata", std::move(metadata)},
     };
+}
+
+// "1 message", "3 messages".
+std::string Plural(int64_t count, std::string_view noun) {
+    return fmt::format("{} {}{}", count, noun, count == 1 ? "" : "s");
+}
+
+// A checkpoint's position for a table: "rebuild" for a projection waiting to rebuild, else the number.
+std::string CheckpointPositionText(std::string_view checkpoint, int64_t position) {
+    if (position == kProjectionRebuildMarker && IsProjectionCheckpoint(checkpoint)) return "rebuild";
+    return fmt::format("{}", position);
 }
 
 void PrintKeyValues(std::FILE* out, const std::vector<std::pair<std::string, std::string>>& rows) {
@@ -397,13 +413,21 @@ void PrintDeleted(const OutputOptions& options, std::string_view stream, DeleteM
     }
 }
 
+int64_t CheckpointLag(int64_t head, int64_t position) {
+    return head - std::max<int64_t>(position, 0);
+}
+
+bool IsProjectionCheckpoint(std::string_view checkpoint) {
+    return checkpoint.starts_with(ProjectionCheckpointName(""));
+}
+
 void PrintStats(const OutputOptions& options, const StoreStats& stats) {
     if (options.json) {
         nlohmann::ordered_json checkpoints = nlohmann::ordered_json::array();
         for (const auto& cp : stats.checkpoints) {
             checkpoints.push_back({{"name", cp.name},
                                    {"position", cp.position},
-                                   {"lag", stats.head_position - cp.position},
+                                   {"lag", CheckpointLag(stats.head_position, cp.position)},
                                    {"updated_at", FormatTimestamp(cp.updated_at)}});
         }
         PrintJsonLine(options.out, {
@@ -432,8 +456,202 @@ void PrintStats(const OutputOptions& options, const StoreStats& stats) {
     fmt::print(options.out, "\n");
     Table table({{"checkpoint"}, {"position", true}, {"lag", true}, {"updated"}});
     for (const auto& cp : stats.checkpoints) {
-        table.AddRow({cp.name, fmt::format("{}", cp.position), fmt::format("{}", stats.head_position - cp.position),
+        table.AddRow({cp.name, CheckpointPositionText(cp.name, cp.position),
+                      fmt::format("{}", CheckpointLag(stats.head_position, cp.position)),
                       FormatTimestamp(cp.updated_at)});
+    }
+    table.Print(options.out, options.width);
+}
+
+void PrintRelayStarted(const OutputOptions& options, const RelayOptions& relay) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"event", "started"}, {"batch", relay.batch}, {"window", relay.window}});
+    } else {
+        fmt::print(options.out, "relay running (batch {}, window {}); SIGINT or SIGTERM stops it\n", relay.batch,
+                   relay.window);
+    }
+    std::fflush(options.out);
+}
+
+void PrintRelayPublished(const OutputOptions& options, int64_t count, int64_t total) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"event", "published"}, {"count", count}, {"total", total}});
+    } else {
+        fmt::print(options.out, "published {} (total {})\n", Plural(count, "message"), total);
+    }
+    std::fflush(options.out);
+}
+
+void PrintRelayLease(const OutputOptions& options, bool leader) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"event", leader ? "leader" : "standby"}});
+    } else if (leader) {
+        fmt::print(options.out, "holding the outbox lease: this relay publishes\n");
+    } else {
+        fmt::print(options.out, "standby: another relay holds the outbox lease; taking over if it expires\n");
+    }
+    std::fflush(options.out);
+}
+
+void PrintRelayStopped(const OutputOptions& options, const RelayStats& stats) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"event", "stopped"},
+                                    {"published", stats.published},
+                                    {"rounds", stats.rounds},
+                                    {"failures", stats.failures}});
+    } else {
+        fmt::print(options.out, "relay stopped: published {} in {}, {}\n", Plural(stats.published, "message"),
+                   Plural(stats.rounds, "round"), Plural(stats.failures, "failed round"));
+    }
+    std::fflush(options.out);
+}
+
+void PrintRelayOnce(const OutputOptions& options, int64_t published, int64_t pending) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"published", published}, {"pending", pending}});
+        return;
+    }
+    fmt::print(options.out, "published {}; {} still pending\n", Plural(published, "outbox message"), pending);
+}
+
+void PrintOutboxStats(const OutputOptions& options, const OutboxStats& stats, int64_t now_micros) {
+    const bool any_pending = stats.pending > 0 && stats.oldest_pending_at > 0;
+    const auto age = std::chrono::microseconds(std::max<int64_t>(now_micros - stats.oldest_pending_at, 0));
+    if (options.json) {
+        nlohmann::ordered_json oldest = nullptr;
+        nlohmann::ordered_json age_seconds = nullptr;
+        if (any_pending) {
+            oldest = FormatTimestamp(stats.oldest_pending_at);
+            age_seconds = static_cast<double>(age.count()) / 1e6;
+        }
+        PrintJsonLine(options.out, {
+                                       {"pending", stats.pending},
+                                       {"published", stats.published},
+                                       {"oldest_pending_at", std::move(oldest)},
+                                       {"oldest_pending_age_seconds", std::move(age_seconds)},
+                                       {"last_position", stats.last_position},
+                                   });
+        return;
+    }
+    std::string oldest = "-";
+    if (any_pending) {
+        oldest = fmt::format("{} ({:.1f} s ago)", FormatTimestamp(stats.oldest_pending_at),
+                             static_cast<double>(age.count()) / 1e6);
+    }
+    PrintKeyValues(options.out, {
+                                    {"pending", fmt::format("{}", stats.pending)},
+                                    {"published kept", fmt::format("{}", stats.published)},
+                                    {"oldest pending", oldest},
+                                    {"last position", fmt::format("{}", stats.last_position)},
+                                });
+}
+
+void PrintRepublished(const OutputOptions& options, int64_t from, int64_t count) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"from", from}, {"republished", count}});
+        return;
+    }
+    if (count == 0) {
+        fmt::print(options.out,
+                   "no outbox rows at or after position {} (rows purged after the relay's retention cannot come "
+                   "back)\n",
+                   from);
+        return;
+    }
+    fmt::print(options.out,
+               "marked {} from position {} for re-publishing; the running relay (or 'keel relay --once') publishes "
+               "them again\n",
+               Plural(count, "outbox row"), from);
+}
+
+void PrintDeadLetters(const OutputOptions& options, std::string_view destination, std::string_view group,
+                      const std::vector<DeadLetter>& letters) {
+    if (options.json) {
+        for (const auto& dl : letters) {
+            nlohmann::ordered_json headers = nlohmann::ordered_json::object();
+            for (const auto& [name, value] : dl.message.headers) headers[name] = value;
+            PrintJsonLine(options.out, {
+                                           {"id", dl.id},
+                                           {"destination", destination},
+                                           {"group", group},
+                                           {"message_id", dl.message.message_id.ToString()},
+                                           {"key", dl.message.key},
+                                           {"attempts", dl.attempts},
+                                           {"dead_lettered_at", FormatTimestamp(dl.dead_lettered_at)},
+                                           {"error", dl.error},
+                                           {"payload", JsonOrString(dl.message.payload)},
+                                           {"headers", std::move(headers)},
+                                       });
+        }
+        return;
+    }
+    if (letters.empty()) {
+        fmt::print(options.out, "(no dead letters in {}/{})\n", destination, group);
+        return;
+    }
+    Table table({{"id", true}, {"attempts", true}, {"dead_lettered_at"}, {"key"}, {"error"}, {"payload"}});
+    for (const auto& dl : letters) {
+        table.AddRow({dl.id, fmt::format("{}", dl.attempts), FormatTimestamp(dl.dead_lettered_at),
+                      FitCell(dl.message.key, kMaxKeyWidth), FitCell(dl.error, kMaxErrorWidth), dl.message.payload});
+    }
+    table.Print(options.out, options.width);
+}
+
+void PrintReplayed(const OutputOptions& options, std::string_view destination, std::string_view group, size_t count) {
+    if (options.json) {
+        PrintJsonLine(options.out, {{"destination", destination}, {"group", group}, {"replayed", count}});
+        return;
+    }
+    fmt::print(options.out, "replayed {} of {}/{}: the group receives {} again\n",
+               Plural(static_cast<int64_t>(count), "dead letter"), destination, group, count == 1 ? "it" : "them");
+}
+
+void PrintRebuildRequested(const OutputOptions& options, std::string_view name,
+                           const std::optional<int64_t>& previous) {
+    const std::string checkpoint = ProjectionCheckpointName(name);
+    if (options.json) {
+        PrintJsonLine(options.out, {{"projection", name},
+                                    {"checkpoint", checkpoint},
+                                    {"previous_position", OptionalToJson(previous)},
+                                    {"rebuild_requested", true}});
+        return;
+    }
+    std::string was =
+        previous ? fmt::format("checkpoint {} was at {}", checkpoint, CheckpointPositionText(checkpoint, *previous))
+                 : fmt::format("checkpoint {} did not exist yet", checkpoint);
+    fmt::print(options.out,
+               "rebuild of projection {} requested ({}): the running projection, or the next one started, resets its "
+               "read model and replays $all from position 0\n",
+               name, was);
+}
+
+void PrintProjections(const OutputOptions& options, const StoreStats& stats) {
+    const size_t prefix = ProjectionCheckpointName("").size();
+    if (options.json) {
+        for (const auto& cp : stats.checkpoints) {
+            if (!IsProjectionCheckpoint(cp.name)) continue;
+            PrintJsonLine(options.out, {{"name", cp.name.substr(prefix)},
+                                        {"checkpoint", cp.name},
+                                        {"position", cp.position},
+                                        {"lag", CheckpointLag(stats.head_position, cp.position)},
+                                        {"rebuild_requested", cp.position == kProjectionRebuildMarker},
+                                        {"updated_at", FormatTimestamp(cp.updated_at)}});
+        }
+        return;
+    }
+    Table table({{"projection"}, {"position", true}, {"lag", true}, {"state"}, {"updated"}});
+    for (const auto& cp : stats.checkpoints) {
+        if (!IsProjectionCheckpoint(cp.name)) continue;
+        const int64_t lag = CheckpointLag(stats.head_position, cp.position);
+        std::string state = cp.position == kProjectionRebuildMarker ? "rebuild requested"
+                            : lag <= 0                              ? "caught up"
+                                                                    : "behind";
+        table.AddRow({cp.name.substr(prefix), CheckpointPositionText(cp.name, cp.position), fmt::format("{}", lag),
+                      std::move(state), FormatTimestamp(cp.updated_at)});
+    }
+    if (table.empty()) {
+        fmt::print(options.out, "(no projections; head {})\n", stats.head_position);
+        return;
     }
     table.Print(options.out, options.width);
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -13,8 +14,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "keel/broker.hpp"
 #include "keel/event.hpp"
 #include "keel/event_store.hpp"
+#include "keel/outbox.hpp"
 
 namespace keel::cli {
 
@@ -23,6 +26,10 @@ struct OutputOptions {
     size_t width = 120;       // columns available to a table; the data column is cut to fit
     std::FILE* out = stdout;  // where results go (errors always go to stderr)
 };
+
+// The position RequestProjectionRebuild (projection.hpp) stores in a projection's checkpoint until the projection has
+// reset its read model; the projection then starts again from 0.
+inline constexpr int64_t kProjectionRebuildMarker = -1;
 
 // "2026-11-23T16:45:01.123456Z" for microseconds since the Unix epoch.
 std::string FormatTimestamp(int64_t micros);
@@ -104,7 +111,43 @@ void PrintStreamInfo(const OutputOptions& options, const StreamInfo& info);
 // `keel delete`.
 void PrintDeleted(const OutputOptions& options, std::string_view stream, DeleteMode mode);
 
+// How far a checkpoint at `position` is behind `head`: head - position, where a position below 0 (a projection's
+// rebuild marker) counts as 0, since the projection replays everything.
+int64_t CheckpointLag(int64_t head, int64_t position);
+
+// True for a checkpoint that belongs to a projection (ProjectionCheckpointName's "projection:" prefix).
+bool IsProjectionCheckpoint(std::string_view checkpoint);
+
 // `keel stats`: counts, head, size and checkpoints with their lag behind the head.
 void PrintStats(const OutputOptions& options, const StoreStats& stats);
+
+// `keel relay`: the start, each time messages were published, a change of the lease, and the final summary. JSON
+// lines carry "event": "started" | "published" | "standby" | "leader" | "stopped".
+void PrintRelayStarted(const OutputOptions& options, const RelayOptions& relay);
+void PrintRelayPublished(const OutputOptions& options, int64_t count, int64_t total);
+void PrintRelayLease(const OutputOptions& options, bool leader);
+void PrintRelayStopped(const OutputOptions& options, const RelayStats& stats);
+
+// `keel relay --once`: how many were published in the round, and how many are still pending.
+void PrintRelayOnce(const OutputOptions& options, int64_t published, int64_t pending);
+
+// `keel outbox`: pending, published kept, the oldest pending row and its age at `now_micros`, last position.
+void PrintOutboxStats(const OutputOptions& options, const OutboxStats& stats, int64_t now_micros);
+
+// `keel outbox republish`.
+void PrintRepublished(const OutputOptions& options, int64_t from, int64_t count);
+
+// `keel dlq list`: id, attempts, dead-lettered at, key, error, payload (cut to fit).
+void PrintDeadLetters(const OutputOptions& options, std::string_view destination, std::string_view group,
+                      const std::vector<DeadLetter>& letters);
+
+// `keel dlq replay`.
+void PrintReplayed(const OutputOptions& options, std::string_view destination, std::string_view group, size_t count);
+
+// `keel projection rebuild`: `previous` is the checkpoint before the request (nullopt: the projection never ran).
+void PrintRebuildRequested(const OutputOptions& options, std::string_view name, const std::optional<int64_t>& previous);
+
+// `keel projection list`: the projection checkpoints of `stats` with position, lag and state.
+void PrintProjections(const OutputOptions& options, const StoreStats& stats);
 
 }  // namespace keel::cli

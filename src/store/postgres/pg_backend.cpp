@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "store/pool.hpp"
@@ -238,6 +239,243 @@ Params AppendParams(const AppendRequest& r, int64_t now) {
     return p;
 }
 
+Result<std::optional<StoredEventRef>> LookupEventId(Conn& conn, const Uuid& id) {
+    auto r = conn.ExecPrepared("lookup_id", Params().Uuid(id));
+    if (!r.ok()) return r.status();
+    if (PQntuples(r->get()) == 0) return std::optional<StoredEventRef>();
+    const PGresult* x = r->get();
+    return std::optional<StoredEventRef>(StoredEventRef{
+        pg::GetInt8(x, 0, 0), std::string(pg::GetBytes(x, 0, 1)), pg::GetInt8(x, 0, 2),
+        std::string(pg::GetBytes(x, 0, 3)), std::string(pg::GetBytes(x, 0, 4)), std::string(pg::GetBytes(x, 0, 5))});
+}
+
+Status Tombstoned(std::string_view stream) {
+    return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
+}
+
+// Turns keel_append's result row into the append's result; ids reported stored are looked up on `conn` to tell an
+// idempotent re-send from a misuse.
+Result<AppendResult> DecideAppend(const AppendRequest& req, const PGresult* r, Conn& conn) {
+    const int32_t code = pg::GetInt4(r, 0, 0);
+    if (code == 0) {
+        AppendResult ok;
+        ok.first_position = pg::GetInt8(r, 0, 2);
+        ok.last_position = pg::GetInt8(r, 0, 3);
+        ok.next_expected_version = pg::GetInt8(r, 0, 4);
+        return ok;
+    }
+    if (code == 3) return Tombstoned(req.stream);
+    const int64_t actual = pg::IsNull(r, 0, 1) ? -1 : pg::GetInt8(r, 0, 1);
+    auto replay =
+        MatchStoredAppend(req.stream, req.expected, req.events, [&](const Uuid& id) { return LookupEventId(conn, id); });
+    if (!replay.ok()) return replay.status();
+    if (replay->has_value()) return **replay;
+    if (code == 2) return Status::Unavailable("an event id was reported stored but cannot be found; retry");
+    return Status::WrongExpectedVersion(fmt::format("stream '{}': expected version {} but the stream is at {}",
+                                                    req.stream, req.expected.ToString(), actual),
+                                        actual);
+}
+
+// `?` placeholders (keel's portable form) → `$1, $2, …`, leaving quoted text alone.
+std::string NumberPlaceholders(std::string_view sql) {
+    std::string out;
+    out.reserve(sql.size() + 8);
+    int n = 0;
+    char quote = 0;
+    for (char c : sql) {
+        if (quote != 0) {
+            if (c == quote) quote = 0;
+            out.push_back(c);
+        } else if (c == '\'' || c == '"') {
+            quote = c;
+            out.push_back(c);
+        } else if (c == '?') {
+            out += fmt::format("${}", ++n);
+        } else {
+            out.push_back(c);
+        }
+    }
+    return out;
+}
+
+std::string HeadersJson(const Headers& headers) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& [k, v] : headers) j[k] = v;
+    return j.dump();
+}
+
+Headers ParseHeaders(std::string_view text) {
+    Headers out;
+    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return out;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        out.emplace_back(it.key(), it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+    }
+    return out;
+}
+
+// A unit of work's transaction on a connection of its own (borrowed from the pool for its lifetime). Each statement
+// runs under a savepoint, so a failed one leaves the transaction usable, as on SQLite.
+class PgTransaction final : public TransactionBackend {
+public:
+    explicit PgTransaction(Pool<Conn>::Lease conn) : conn_(std::move(conn)) {}
+    ~PgTransaction() override {
+        if (open_) (void)conn_->Exec("ROLLBACK");
+    }
+
+    Status Begin() { return conn_->Exec("BEGIN"); }
+
+    Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) override {
+        auto r = Guarded([&] { return Run(sql, params); });
+        if (!r.ok()) return r.status();
+        const char* n = PQcmdTuples(r->get());
+        return n != nullptr && *n != '\0' ? std::stoll(n) : int64_t{0};
+    }
+
+    Result<Rows> Query(std::string_view sql, std::span<const SqlValue> params) override {
+        auto r = Guarded([&] { return Run(sql, params); });
+        if (!r.ok()) return r.status();
+        const PGresult* res = r->get();
+        Rows rows;
+        const int cols = PQnfields(res);
+        for (int c = 0; c < cols; ++c) rows.columns.emplace_back(PQfname(res, c));
+        for (int i = 0; i < PQntuples(res); ++i) {
+            std::vector<SqlValue> row;
+            for (int c = 0; c < cols; ++c) row.push_back(Cell(res, i, c));
+            rows.rows.push_back(std::move(row));
+        }
+        return rows;
+    }
+
+    Result<AppendResult> Append(const AppendRequest& request) override {
+        const int64_t now = NowMicros();
+        auto r = conn_->ExecPrepared("append", AppendParams(request, now));
+        if (!r.ok()) return r.status();  // the transaction is aborted: Commit will fail and roll back
+        auto decided = DecideAppend(request, r->get(), *conn_);
+        if (decided.ok() && !decided->already_present) last_position_ = std::max(last_position_, decided->last_position);
+        return decided;
+    }
+
+    Status InsertOutbox(const OutboxMessage& m) override {
+        auto r = Guarded([&] {
+            return conn_->ExecParams(
+                "INSERT INTO keel_outbox (message_id, destination, key, payload, headers, created_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                Params().Uuid(m.message_id).Text(m.destination).Text(m.key).Bytea(m.payload).Text(HeadersJson(m.headers))
+                    .Int8(NowMicros()));
+        });
+        if (!r.ok() && r.status().code() == StatusCode::kAlreadyExists) {
+            return Status::AlreadyExists(fmt::format("message id {} is in the outbox already", m.message_id.ToString()));
+        }
+        return r.status();
+    }
+
+    Result<bool> InsertInbox(std::string_view consumer, const Uuid& message_id) override {
+        auto r = conn_->ExecParams(
+            "INSERT INTO keel_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            Params().Text(consumer).Uuid(message_id).Int8(NowMicros()));
+        if (!r.ok()) return r.status();
+        return std::string_view(PQcmdTuples(r->get())) == "1";
+    }
+
+    Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
+        // Locked until commit: two processes running one projection never apply the same batch twice.
+        auto r = conn_->ExecParams("SELECT position FROM keel_checkpoints WHERE name = $1 FOR UPDATE",
+                                   Params().Text(name));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) == 0) return std::optional<int64_t>();
+        return std::optional<int64_t>(pg::GetInt8(r->get(), 0, 0));
+    }
+
+    Status SaveCheckpoint(std::string_view name, int64_t position) override {
+        return conn_
+            ->ExecParams("INSERT INTO keel_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) "
+                         "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                         Params().Text(name).Int8(position).Int8(NowMicros()))
+            .status();
+    }
+
+    Result<int64_t> Commit() override {
+        open_ = false;
+        KEEL_RETURN_IF_ERROR(conn_->Exec("COMMIT").WithContext("COMMIT of a unit of work"));
+        return last_position_;
+    }
+
+private:
+    Result<ResultPtr> Run(std::string_view sql, std::span<const SqlValue> params) {
+        // Text parameters of unknown type, so PostgreSQL infers each from its use; bytes as bytea.
+        std::vector<std::string> text(params.size());
+        std::vector<const char*> values(params.size());
+        std::vector<int> lengths(params.size()), formats(params.size());
+        std::vector<Oid> types(params.size(), 0);
+        for (size_t i = 0; i < params.size(); ++i) {
+            const SqlValue& v = params[i];
+            switch (v.index()) {
+                case 0: values[i] = nullptr; break;
+                case 1: text[i] = std::to_string(std::get<int64_t>(v)); break;
+                case 2: text[i] = fmt::format("{:.17g}", std::get<double>(v)); break;
+                case 3: text[i] = std::get<std::string>(v); break;
+                case 4:
+                    text[i] = std::get<Blob>(v).bytes;
+                    formats[i] = 1;
+                    types[i] = pg::kByteaOid;
+                    break;
+            }
+            if (v.index() != 0) {
+                values[i] = text[i].data();
+                lengths[i] = static_cast<int>(text[i].size());
+            }
+        }
+        const std::string numbered = NumberPlaceholders(sql);
+        ResultPtr r(PQexecParams(conn_->get(), numbered.c_str(), static_cast<int>(params.size()), types.data(),
+                                 values.data(), lengths.data(), formats.data(), 0));
+        const auto st = r ? PQresultStatus(r.get()) : PGRES_FATAL_ERROR;
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return r;
+        Status s = pg::ToStatus(conn_->get(), r.get(), fmt::format("SQL '{}'", sql.substr(0, 80)));
+        if (s.code() == StatusCode::kInternal) s = Status::InvalidArgument(s.message());  // syntax, unknown table …
+        return s;
+    }
+
+    // Runs `fn` under a savepoint: on failure the transaction is rolled back to before it and stays usable.
+    template <class F>
+    Result<ResultPtr> Guarded(F&& fn) {
+        KEEL_RETURN_IF_ERROR(conn_->Exec("SAVEPOINT keel_statement"));
+        auto r = fn();
+        if (r.ok()) {
+            KEEL_RETURN_IF_ERROR(conn_->Exec("RELEASE SAVEPOINT keel_statement"));
+        } else {
+            (void)conn_->Exec("ROLLBACK TO SAVEPOINT keel_statement");
+        }
+        return r;
+    }
+
+    static SqlValue Cell(const PGresult* r, int row, int col) {
+        if (PQgetisnull(r, row, col)) return std::monostate{};
+        const char* v = PQgetvalue(r, row, col);
+        switch (PQftype(r, col)) {
+            case 20:
+            case 21:
+            case 23: return static_cast<int64_t>(std::stoll(v));
+            case 16: return static_cast<int64_t>(v[0] == 't' ? 1 : 0);
+            case 700:
+            case 701:
+            case 1700: return std::stod(v);
+            case pg::kByteaOid: {
+                size_t n = 0;
+                unsigned char* bytes = PQunescapeBytea(reinterpret_cast<const unsigned char*>(v), &n);
+                Blob b{std::string(reinterpret_cast<const char*>(bytes), n)};
+                PQfreemem(bytes);
+                return b;
+            }
+            default: return std::string(v, static_cast<size_t>(PQgetlength(r, row, col)));
+        }
+    }
+
+    Pool<Conn>::Lease conn_;
+    int64_t last_position_ = 0;
+    bool open_ = true;
+};
+
 // How long an append batch keeps retrying through lost connections before giving up.
 constexpr auto kReconnectBudget = std::chrono::seconds(15);
 
@@ -446,11 +684,99 @@ public:
         return st;
     }
 
-private:
-    static Status Tombstoned(std::string_view stream) {
-        return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
+    Result<std::unique_ptr<TransactionBackend>> BeginTransaction() override {
+        auto lease = readers_.Acquire();
+        if (!lease.ok()) return lease.status();
+        if (pg::IsConnectionLost((*lease)->get())) {  // an idle connection the server dropped: take a fresh one
+            lease->Discard();
+            readers_.Clear();
+            return BeginTransaction();
+        }
+        auto tx = std::make_unique<PgTransaction>(std::move(*lease));
+        KEEL_RETURN_IF_ERROR(tx->Begin());
+        return std::unique_ptr<TransactionBackend>(std::move(tx));
     }
 
+    Result<bool> AcquireLease(std::string_view name, std::string_view owner, int64_t now, int64_t until) override {
+        auto r = Read("INSERT INTO keel_leases (name, owner, until) VALUES ($1, $2, $4) ON CONFLICT (name) DO UPDATE "
+                      "SET owner = excluded.owner, until = excluded.until "
+                      "WHERE keel_leases.owner = $2 OR keel_leases.until < $3 RETURNING owner",
+                      Params().Text(name).Text(owner).Int8(now).Int8(until));
+        if (!r.ok()) return r.status();
+        return PQntuples(r->get()) == 1;
+    }
+
+    Status ReleaseLease(std::string_view name, std::string_view owner) override {
+        return Read("DELETE FROM keel_leases WHERE name = $1 AND owner = $2", Params().Text(name).Text(owner)).status();
+    }
+
+    // Outbox rows in commit-horizon order, as $all: a row of a still-running transaction can never later appear
+    // before rows already handed out.
+    Result<std::vector<OutboxRow>> PendingOutbox(size_t limit) override {
+        auto r = Read("SELECT id, message_id, destination, key, payload, headers, created_at FROM keel_outbox "
+                      "WHERE published_at IS NULL AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+                      "ORDER BY transaction_id, id LIMIT $1",
+                      Params().Int8(static_cast<int64_t>(limit)));
+        if (!r.ok()) return r.status();
+        std::vector<OutboxRow> rows;
+        for (int i = 0; i < PQntuples(r->get()); ++i) {
+            OutboxRow row;
+            row.position = pg::GetInt8(r->get(), i, 0);
+            auto id = Uuid::FromBytes(pg::GetBytes(r->get(), i, 1));
+            if (id.ok()) row.message.message_id = *id;
+            row.message.destination = std::string(pg::GetBytes(r->get(), i, 2));
+            row.message.key = std::string(pg::GetBytes(r->get(), i, 3));
+            row.message.payload = std::string(pg::GetBytes(r->get(), i, 4));
+            row.message.headers = ParseHeaders(pg::GetBytes(r->get(), i, 5));
+            row.created_at = pg::GetInt8(r->get(), i, 6);
+            rows.push_back(std::move(row));
+        }
+        return rows;
+    }
+
+    Status MarkPublished(std::string_view lease, std::string_view owner, std::span<const int64_t> positions,
+                         int64_t now) override {
+        return WriteTxn("marking outbox rows published", [&](Conn& c) -> Status {
+            auto held = c.ExecParams("SELECT owner FROM keel_leases WHERE name = $1 FOR UPDATE", Params().Text(lease));
+            if (!held.ok()) return held.status();
+            if (PQntuples(held->get()) != 1 || pg::GetBytes(held->get(), 0, 0) != owner) {
+                return Status::FailedPrecondition(
+                    fmt::format("relay '{}' lost the lease '{}'; another relay publishes now", owner, lease));
+            }
+            std::vector<std::string> ids;
+            for (int64_t p : positions) ids.push_back(std::to_string(p));
+            return c.ExecParams("UPDATE keel_outbox SET published_at = $2 WHERE id = ANY($1::text[]::bigint[])",
+                                Params().TextArray(ids).Int8(now))
+                .status();
+        });
+    }
+
+    Result<int64_t> RepublishOutbox(int64_t from) override {
+        auto r = Read("UPDATE keel_outbox SET published_at = NULL WHERE id >= $1 AND published_at IS NOT NULL",
+                      Params().Int8(from));
+        if (!r.ok()) return r.status();
+        return static_cast<int64_t>(std::stoll(PQcmdTuples(r->get())));
+    }
+
+    Result<int64_t> PurgeOutbox(int64_t published_before) override {
+        auto r = Read("DELETE FROM keel_outbox WHERE published_at IS NOT NULL AND published_at < $1",
+                      Params().Int8(published_before));
+        if (!r.ok()) return r.status();
+        return static_cast<int64_t>(std::stoll(PQcmdTuples(r->get())));
+    }
+
+    Result<OutboxStats> GetOutboxStats() override {
+        auto r = Read("SELECT (SELECT count(*) FROM keel_outbox WHERE published_at IS NULL), "
+                      "(SELECT count(*) FROM keel_outbox WHERE published_at IS NOT NULL), "
+                      "(SELECT COALESCE(min(created_at), 0) FROM keel_outbox WHERE published_at IS NULL), "
+                      "(SELECT COALESCE(max(id), 0) FROM keel_outbox)",
+                      Params());
+        if (!r.ok()) return r.status();
+        return OutboxStats{pg::GetInt8(r->get(), 0, 0), pg::GetInt8(r->get(), 0, 1), pg::GetInt8(r->get(), 0, 2),
+                           pg::GetInt8(r->get(), 0, 3)};
+    }
+
+private:
     // One attempt at a batch: BEGIN, one keel_append per request, COMMIT — all in one pipeline. Returns non-OK only
     // when the batch as a whole failed (every request's result is then left to the caller).
     Status TryAppendBatch(std::span<AppendRequest* const> batch) {
@@ -500,53 +826,9 @@ private:
 
         // Decide each request; ids already stored need lookups (after the commit: stored events are permanent).
         for (size_t i = 0; i < batch.size(); ++i) {
-            AppendRequest& req = *batch[i];
-            const PGresult* r = results[i + 1].get();
-            const int32_t code = pg::GetInt4(r, 0, 0);
-            if (code == 0) {
-                AppendResult ok;
-                ok.first_position = pg::GetInt8(r, 0, 2);
-                ok.last_position = pg::GetInt8(r, 0, 3);
-                ok.next_expected_version = pg::GetInt8(r, 0, 4);
-                req.result = ok;
-                continue;
-            }
-            if (code == 3) {
-                req.result = Tombstoned(req.stream);
-                continue;
-            }
-            const int64_t actual = pg::IsNull(r, 0, 1) ? -1 : pg::GetInt8(r, 0, 1);
-            auto replay = MatchStoredAppend(req.stream, req.expected, req.events,
-                                            [&](const Uuid& id) { return LookupEventId(id); });
-            if (!replay.ok()) {
-                req.result = replay.status();
-            } else if (replay->has_value()) {
-                req.result = **replay;
-            } else if (code == 2) {
-                req.result = Status::Unavailable("an event id was reported stored but cannot be found; retry");
-            } else {
-                StreamInfo info;
-                info.version = actual;
-                req.result = CheckExpected(req.stream, req.expected, actual < 0 ? nullptr : &info);
-                if (req.result.ok()) {
-                    req.result = Status::WrongExpectedVersion(
-                        fmt::format("stream '{}': expected version {} but the stream is at {}", req.stream,
-                                    req.expected.ToString(), actual),
-                        actual);
-                }
-            }
+            batch[i]->result = DecideAppend(*batch[i], results[i + 1].get(), *writer_);
         }
         return Status::Ok();
-    }
-
-    Result<std::optional<StoredEventRef>> LookupEventId(const Uuid& id) {
-        auto r = writer_->ExecPrepared("lookup_id", Params().Uuid(id));
-        if (!r.ok()) return r.status();
-        if (PQntuples(r->get()) == 0) return std::optional<StoredEventRef>();
-        const PGresult* x = r->get();
-        return std::optional<StoredEventRef>(StoredEventRef{
-            pg::GetInt8(x, 0, 0), std::string(pg::GetBytes(x, 0, 1)), pg::GetInt8(x, 0, 2),
-            std::string(pg::GetBytes(x, 0, 3)), std::string(pg::GetBytes(x, 0, 4)), std::string(pg::GetBytes(x, 0, 5))});
     }
 
     // The stream's row, locked for this transaction (writer connection).

@@ -7,7 +7,7 @@
 
 namespace keel::detail::pg_schema {
 
-inline constexpr std::array<std::string_view, 1> kMigrations = {
+inline constexpr std::array<std::string_view, 2> kMigrations = {
     // 0 -> 1
     R"sql(
 CREATE TABLE keel_events (
@@ -112,6 +112,33 @@ BEGIN
         END;
     END LOOP;
 END $$;
+)sql",
+    // 1 -> 2: the transactional outbox, the consumers' inbox and leases (units of work, relays).
+    R"sql(
+CREATE TABLE keel_outbox (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transaction_id xid8   NOT NULL DEFAULT pg_current_xact_id(),
+    message_id     uuid   NOT NULL,
+    destination    text   NOT NULL,
+    key            text   NOT NULL,
+    payload        bytea  NOT NULL,
+    headers        text   NOT NULL,
+    created_at     bigint NOT NULL,
+    published_at   bigint,
+    CONSTRAINT keel_outbox_message_id UNIQUE (message_id)
+);
+CREATE INDEX keel_outbox_pending ON keel_outbox (transaction_id, id) WHERE published_at IS NULL;
+CREATE TABLE keel_inbox (
+    consumer     text   NOT NULL,
+    message_id   uuid   NOT NULL,
+    processed_at bigint NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+CREATE TABLE keel_leases (
+    name  text   PRIMARY KEY,
+    owner text   NOT NULL,
+    until bigint NOT NULL
+);
 )sql",
 };
 

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "store/pool.hpp"
+#include "store/writer_lock.hpp"
 #include "store/sqlite/schema.hpp"
 #include "store/sqlite/sqlite_db.hpp"
 
@@ -725,7 +726,7 @@ private:
     std::string path_;
     std::unique_ptr<Db> writer_;
     ReaderPool readers_;
-    std::timed_mutex write_mu_;  // held around every use of writer_, for a whole unit of work too
+    WriterLock write_mu_;  // held around every use of writer_, for a whole unit of work too
     std::chrono::milliseconds busy_timeout_;
     Status sticky_;
     Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_, get_stream_, insert_event_, upsert_version_,
@@ -764,7 +765,7 @@ std::string HeadersJson(const Headers& headers) {
 // A unit of work's transaction: holds the writer connection (and so the database's write lock) until it ends.
 class SqliteTransaction final : public TransactionBackend {
 public:
-    SqliteTransaction(SqliteBackend& b, std::unique_lock<std::timed_mutex> lock, int64_t now)
+    SqliteTransaction(SqliteBackend& b, std::unique_lock<WriterLock> lock, int64_t now)
         : b_(b), lock_(std::move(lock)), now_(now) {}
 
     ~SqliteTransaction() override {
@@ -842,6 +843,27 @@ public:
         return sqlite3_changes(b_.writer_->get()) == 1;
     }
 
+    Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
+        auto st = Run("SELECT position FROM keel_checkpoints WHERE name = ?", {});
+        if (!st.ok()) return st.status();
+        Stmt& q = **st;
+        StmtReset reset(q);
+        q.Bind(1, name);
+        const int rc = q.Step();
+        if (rc == SQLITE_DONE) return std::optional<int64_t>();
+        if (rc != SQLITE_ROW) return ToStatus(rc, b_.writer_->get(), "reading a checkpoint");
+        return std::optional<int64_t>(q.Int(0));
+    }
+
+    Status SaveCheckpoint(std::string_view name, int64_t position) override {
+        auto st = Run("INSERT INTO keel_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                      {});
+        if (!st.ok()) return st.status();
+        (*st)->Bind(1, name).Bind(2, position).Bind(3, NowMicros());
+        return (*st)->Exec("writing a checkpoint");
+    }
+
     Result<int64_t> Commit() override {
         open_ = false;
         KEEL_RETURN_IF_ERROR(b_.CommitWriter("COMMIT of a unit of work"));
@@ -887,7 +909,7 @@ private:
     }
 
     SqliteBackend& b_;
-    std::unique_lock<std::timed_mutex> lock_;
+    std::unique_lock<WriterLock> lock_;
     int64_t now_;
     int64_t last_position_ = 0;
     bool open_ = true;

@@ -9,6 +9,10 @@
 #   KEEL_BENCH_SCALE   multiplies every event count (default 1.0; e.g. 0.05 for a quick run)
 #   KEEL_BENCH_ONLY    space-separated names to run a subset, e.g. "append_single read_all"
 #
+# bench_pg and bench_mysql need the PostgreSQL and MariaDB servers: this script starts them first
+# (scripts/services.sh start pg / start mysql; idempotent) and exports KEEL_TEST_PG / KEEL_TEST_MYSQL from
+# scripts/services.sh env.
+#
 # Scratch databases go to BUILD_DIR/bench-tmp (same disk as the build) and are deleted afterwards. The full output
 # goes to BUILD_DIR/bench-output.txt, the summary to BUILD_DIR/bench-results.txt. Exits non-zero when a benchmark
 # failed to run; a missed target is reported as BELOW, not as a failure.
@@ -23,7 +27,7 @@ fi
 build_dir=$(cd "$build_dir" && pwd)
 
 # The usual order, then any other bench_* binary.
-order=(append_single append_concurrent append_batch read_all load_aggregate memory_rss)
+order=(append_single append_concurrent append_batch read_all load_aggregate memory_rss pg mysql)
 benches=()
 for name in "${order[@]}"; do
     [[ -x "$build_dir/bench/bench_$name" ]] && benches+=("$name")
@@ -48,6 +52,20 @@ fi
 if [[ ${#benches[@]} -eq 0 ]]; then
     echo "run-bench.sh: no bench_* executables in '$build_dir/bench'" >&2
     exit 2
+fi
+
+# The database servers the pg / mysql benchmarks run against.
+services="$(cd "$(dirname "$0")" && pwd)/services.sh"
+need_services=0
+for name in "${benches[@]}"; do
+    case $name in
+        pg) "$services" start pg; need_services=1 ;;
+        mysql) "$services" start mysql; need_services=1 ;;
+    esac
+done
+if [[ $need_services -eq 1 ]]; then
+    eval "$("$services" env)"
+    export KEEL_TEST_PG KEEL_TEST_MYSQL
 fi
 
 scale=${KEEL_BENCH_SCALE:-1}

@@ -4,6 +4,9 @@
 #include "keel/outbox.hpp"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -11,6 +14,7 @@
 #include <mutex>
 #include <thread>
 
+#include "keel/consumer.hpp"
 #include "keel/unit_of_work.hpp"
 #include "store/backend.hpp"
 
@@ -225,6 +229,93 @@ TEST_F(RelayTest, RepublishFromAPositionSendsAgain) {
     auto again = Receive(5).at("Order-0");
     EXPECT_EQ(again, (std::vector<std::string>{"Order-0:5", "Order-0:6", "Order-0:7", "Order-0:8", "Order-0:9"}));
     EXPECT_EQ(RepublishOutbox(*store_, 0).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Publishes, then SIGKILLs its own process before the relay can mark the rows published.
+class DieAfterPublishBroker final : public Broker {
+public:
+    explicit DieAfterPublishBroker(Broker& inner) : inner_(inner) {}
+    Status Declare(std::string_view d, std::string_view g) override { return inner_.Declare(d, g); }
+    Status PublishReliable(const Message& m, std::chrono::milliseconds t) override {
+        return inner_.PublishReliable(m, t);
+    }
+    std::vector<Status> PublishBatch(std::span<const Message> messages, size_t window,
+                                     std::chrono::milliseconds timeout) override {
+        auto out = inner_.PublishBatch(messages, window, timeout);
+        ::kill(::getpid(), SIGKILL);
+        return out;
+    }
+    Result<std::unique_ptr<BrokerConsumer>> Consume(std::string_view d, std::string_view g,
+                                                    const ConsumeOptions& o) override {
+        return inner_.Consume(d, g, o);
+    }
+    Result<std::vector<DeadLetter>> ListDeadLetters(std::string_view d, std::string_view g, size_t l) override {
+        return inner_.ListDeadLetters(d, g, l);
+    }
+    Result<size_t> ReplayDeadLetters(std::string_view d, std::string_view g, std::span<const std::string> ids) override {
+        return inner_.ReplayDeadLetters(d, g, ids);
+    }
+
+private:
+    Broker& inner_;
+};
+
+// A relay SIGKILLed between publish and mark: after restart it publishes the same rows again; a consumer with an
+// inbox sees the duplicate deliveries and applies each message once.
+TEST_F(RelayTest, RelayKilledBetweenPublishAndMarkRepublishesAndTheInboxAbsorbsIt) {
+    Commit(10, 2);
+    consumer_.reset();
+    broker_.reset();
+    store_.reset();
+    const std::string store_uri = "sqlite://" + (dir_ / "service.db").string();
+    const std::string broker_uri = "local://" + (dir_ / "broker.db").string();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        auto store = OpenStore(store_uri);
+        auto broker = OpenBroker(broker_uri);
+        if (!store.ok() || !broker.ok()) ::_exit(3);
+        DieAfterPublishBroker dying(**broker);
+        RelayOptions same;
+        same.owner = "relay-1";  // a relay restarted under its own name reclaims its lease at once
+        (void)RelayOnce(**store, dying, same);
+        ::_exit(4);  // not reached: the broker killed us after publishing
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+
+    store_ = OpenStore(store_uri).value();
+    broker_ = OpenBroker(broker_uri).value();
+    EXPECT_EQ(GetOutboxStats(*store_).value().pending, 10);  // published, never marked
+    auto uow0 = UnitOfWork::Begin(*store_).value();
+    ASSERT_TRUE(uow0.Exec("CREATE TABLE effects (payload TEXT NOT NULL)").ok());
+    ASSERT_TRUE(uow0.Commit().ok());
+    ConsumerOptions options;
+    options.name = "effects";
+    options.initial_backoff = std::chrono::milliseconds(5);
+    auto handler = [](UnitOfWork& uow, const Delivery& d) {
+        return uow.Exec("INSERT INTO effects (payload) VALUES (?)", {d.message.payload}).status();
+    };
+    auto consumer = Consumer::Start(*store_, *broker_, "orders", "billing", handler, options).value();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    while (consumer->stats().handled < 10 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(consumer->stats().handled, 10);
+    // The restarted relay publishes the ten rows again (the broker already delivered and forgot them).
+    RelayOptions same;
+    same.owner = "relay-1";
+    ASSERT_EQ(RelayOnce(*store_, *broker_, same).value(), 10);
+    while (consumer->stats().duplicates < 10 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    consumer->Stop();
+    EXPECT_EQ(consumer->stats().duplicates, 10);
+    EXPECT_EQ(consumer->stats().handled, 10);
+    auto check = UnitOfWork::Begin(*store_).value();
+    EXPECT_EQ(check.Query("SELECT count(*) FROM effects").value().Int(0, 0).value(), 10);
+    EXPECT_EQ(check.Query("SELECT count(DISTINCT payload) FROM effects").value().Int(0, 0).value(), 10);
 }
 
 TEST(RelayMemory, StoreWithoutOutboxIsRefused) {

@@ -5,10 +5,6 @@
 // Needs KEEL_TEST_RABBITMQ (scripts/services.sh start rabbitmq; eval "$(scripts/services.sh env)"); every test fails
 // without it. The tests that stop, kill or freeze the server are in src/broker/rabbitmq/rabbit_restart_mqtest.cpp.
 
-#include <fmt/format.h>
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -18,9 +14,14 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "keel/broker.hpp"
+
 #include "broker/broker_conformance.hpp"
 #include "broker/rabbitmq/rabbit_test_support.hpp"
-#include "keel/broker.hpp"
 
 namespace {
 
@@ -55,10 +56,10 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(BrokerQueueConformance);
 
 namespace {
 
-#define ASSERT_OK(expr)                                                      \
-    do {                                                                     \
-        const ::keel::Status s_ = (expr);                                    \
-        ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString();              \
+#define ASSERT_OK(expr)                                         \
+    do {                                                        \
+        const ::keel::Status s_ = (expr);                       \
+        ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
     } while (0)
 
 class RabbitTest : public ::testing::Test {
@@ -117,8 +118,8 @@ TEST_F(RabbitTest, OpenErrorsNameHostAndPortOnOneLine) {
     EXPECT_EQ(wrong.status().message().find("not-the-password"), std::string::npos);
     EXPECT_EQ(wrong.status().message().find('\n'), std::string::npos);
 
-    auto no_vhost = keel::OpenBroker(fmt::format("rabbitmq://{}:{}@{}/no-such-vhost-{}", config.user,
-                                                 config.password, where, rt::UniqueName("v")));
+    auto no_vhost = keel::OpenBroker(
+        fmt::format("rabbitmq://{}:{}@{}/no-such-vhost-{}", config.user, config.password, where, rt::UniqueName("v")));
     ASSERT_EQ(no_vhost.status().code(), StatusCode::kUnavailable) << no_vhost.status().ToString();
     EXPECT_THAT(no_vhost.status().message(), ::testing::HasSubstr(where));
     EXPECT_THAT(no_vhost.status().message(), ::testing::HasSubstr("no-such-vhost"));

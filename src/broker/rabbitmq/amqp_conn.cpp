@@ -1,13 +1,14 @@
 #include "broker/rabbitmq/amqp_conn.hpp"
 
-#include <amqp_tcp_socket.h>
-#include <sys/socket.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
+#include <amqp_tcp_socket.h>
 #include <fmt/format.h>
+#include <pthread.h>
+#include <sys/socket.h>
 
 namespace keel::detail::rabbit {
 namespace {
@@ -25,9 +26,9 @@ constexpr int kFrameMax = 131072;
 
 Status FromReplyCode(int code, std::string message) {
     switch (code) {
-        case 404: return Status::NotFound(std::move(message));             // NOT_FOUND
-        case 403:                                                          // ACCESS_REFUSED
-        case 405:                                                          // RESOURCE_LOCKED
+        case 404: return Status::NotFound(std::move(message));            // NOT_FOUND
+        case 403:                                                         // ACCESS_REFUSED
+        case 405:                                                         // RESOURCE_LOCKED
         case 406: return Status::FailedPrecondition(std::move(message));  // PRECONDITION_FAILED
         default: return Status::Unavailable(std::move(message));          // CONNECTION_FORCED, INTERNAL_ERROR, …
     }
@@ -47,24 +48,40 @@ timeval Remaining(Clock::time_point deadline) {
 // --- IoWatchdog ----------------------------------------------------------------------------------------------------
 
 IoWatchdog& IoWatchdog::Instance() {
-    static IoWatchdog watchdog;
-    return watchdog;
+    static IoWatchdog* watchdog = [] {
+        auto* w = new IoWatchdog();
+        // Across fork() the mutex must be unlocked in the child, which has no watchdog thread: it starts its own
+        // on first use (and inherits no armed entries worth keeping: their sockets belong to the parent).
+        static IoWatchdog* self = w;
+        pthread_atfork([] { self->mu_.lock(); }, [] { self->mu_.unlock(); },
+                       [] {
+                           self->entries_.clear();
+                           self->started_ = false;
+                           self->running_ = false;
+                           self->wake_at_ = Clock::time_point::min();
+                           self->mu_.unlock();
+                       });
+        return w;
+    }();
+    return *watchdog;
 }
 
 IoWatchdog::~IoWatchdog() {
-    {
-        std::lock_guard lock(mu_);
-        stop_ = true;
-    }
+    std::unique_lock lock(mu_);
+    stop_ = true;
     cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    cv_.wait_for(lock, std::chrono::seconds(2), [this] { return !running_; });
 }
 
 uint64_t IoWatchdog::Arm(int fd, Clock::time_point deadline) {
     std::lock_guard lock(mu_);
     const uint64_t id = ++next_id_;
     entries_.emplace(id, Entry{fd, deadline + kWatchdogSlack, false});
-    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    if (!started_) {
+        started_ = true;
+        running_ = true;
+        std::thread([this] { Run(); }).detach();
+    }
     if (deadline + kWatchdogSlack < wake_at_) cv_.notify_all();
     return id;
 }
@@ -97,6 +114,8 @@ void IoWatchdog::Run() {
         wake_at_ = next;
         cv_.wait_until(lock, next);
     }
+    running_ = false;
+    cv_.notify_all();
 }
 
 IoGuard::IoGuard(const AmqpConn& conn, Clock::time_point deadline) {

@@ -7,9 +7,6 @@
 // publishers that way) would hang them forever. An IoGuard covers such calls: when its deadline passes, the
 // watchdog thread shuts the socket down, the blocked call fails, and the connection is dropped.
 
-#include <amqp.h>
-#include <amqp_framing.h>
-
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -18,8 +15,10 @@
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_set>
+
+#include <amqp.h>
+#include <amqp_framing.h>
 
 #include "keel/status.hpp"
 
@@ -58,7 +57,10 @@ private:
     uint64_t next_id_ = 0;
     Clock::time_point wake_at_ = Clock::time_point::min();
     bool stop_ = false;
-    std::thread thread_;
+    // The thread is detached (a forked child has none and starts its own: see the pthread_atfork handlers);
+    // `running_` tells the destructor when it has left.
+    bool started_ = false;
+    bool running_ = false;
 };
 
 // Delays between connection attempts: after a failure the next attempt waits `min`, doubling up to `max`; a success
@@ -128,8 +130,8 @@ private:
 
     RabbitConfig config_;
     amqp_connection_state_t conn_;
-    bool usable_ = true;       // may be used for further operations
-    bool socket_open_ = false; // the AMQP connection is open: close it politely at the end
+    bool usable_ = true;        // may be used for further operations
+    bool socket_open_ = false;  // the AMQP connection is open: close it politely at the end
 };
 
 // Arms the watchdog for one connection's socket until destroyed. fired() tells whether it shut the socket down.

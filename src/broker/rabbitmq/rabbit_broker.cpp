@@ -16,8 +16,6 @@
 // idle one: a server restart kills them all); the next call connects again, spacing attempts with the backoff of
 // BrokerOptions. A call that finds a pooled connection dead before anything was confirmed retries once on a new one.
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -30,6 +28,8 @@
 #include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "broker/backends.hpp"
 #include "broker/rabbitmq/amqp_conn.hpp"
@@ -71,8 +71,8 @@ int64_t NowMicros() {
 Status CheckMessage(const Message& m) {
     KEEL_RETURN_IF_ERROR(rabbit::CheckName("destination", m.destination));
     if (m.message_id.is_nil()) {
-        return Status::InvalidArgument(fmt::format("message to '{}' with key '{}' has a nil message_id", m.destination,
-                                                   m.key.substr(0, 64)));
+        return Status::InvalidArgument(
+            fmt::format("message to '{}' with key '{}' has a nil message_id", m.destination, m.key.substr(0, 64)));
     }
     return Status::Ok();
 }
@@ -228,7 +228,9 @@ PublishOutcome PublishOn(AmqpConn& conn, std::span<const Outgoing> items, const 
     PublishOutcome out;
     IoGuard guard(conn, deadline);
     if (declare_exchanges) {
+        std::unordered_set<std::string_view> seen;
         for (size_t i : todo) {
+            if (!seen.insert(items[i].exchange).second) continue;
             const std::string exchange(items[i].exchange);
             if (conn.declared_exchanges.contains(exchange)) continue;
             conn.SetRpcDeadline(deadline);
@@ -252,9 +254,8 @@ PublishOutcome PublishOn(AmqpConn& conn, std::span<const Outgoing> items, const 
         const size_t index = todo[next];
         const Outgoing& item = items[index];
         OutgoingProps props(*item.message, item.dead_letter);
-        const int rc = amqp_basic_publish(conn.get(), AmqpConn::kChannel, Bytes(item.exchange),
-                                          Bytes(item.routing_key), mandatory ? 1 : 0, 0, props.props(),
-                                          Bytes(item.message->payload));
+        const int rc = amqp_basic_publish(conn.get(), AmqpConn::kChannel, Bytes(item.exchange), Bytes(item.routing_key),
+                                          mandatory ? 1 : 0, 0, props.props(), Bytes(item.message->payload));
         if (rc != AMQP_STATUS_OK) {
             failure = conn.LibStatus(rc, "publishing");
             break;
@@ -274,10 +275,10 @@ PublishOutcome PublishOn(AmqpConn& conn, std::span<const Outgoing> items, const 
         // Late confirms would arrive for publishes this call forgets: do not reuse the channel.
         conn.MarkUnusable();
         tracker.FailOutstanding(failure);
-        const Status unsent =
-            failure.code() == StatusCode::kDeadlineExceeded
-                ? Status::DeadlineExceeded(fmt::format("{}{} before the deadline", kNotPublished, conn.config().Where()))
-                : Status::Unavailable(fmt::format("{}{}", kNotPublished, failure.message()));
+        const Status unsent = failure.code() == StatusCode::kDeadlineExceeded
+                                  ? Status::DeadlineExceeded(
+                                        fmt::format("{}{} before the deadline", kNotPublished, conn.config().Where()))
+                                  : Status::Unavailable(fmt::format("{}{}", kNotPublished, failure.message()));
         for (size_t k = next; k < todo.size(); ++k) statuses[todo[k]] = unsent;
     }
     out.any_confirmed = tracker.any_confirmed();
@@ -472,9 +473,10 @@ Status CheckGroupExists(AmqpConn& conn, const GroupNames& names, std::string_vie
     amqp_queue_declare(conn.get(), AmqpConn::kChannel, Bytes(names.queue), 1, 0, 0, 0, amqp_empty_table);
     Status s = conn.RpcStatus(fmt::format("looking up queue '{}'", names.queue));
     if (s.code() == StatusCode::kNotFound) {
-        return Status::NotFound(fmt::format("{}: consumer group '{}' of destination '{}' is not declared (queue '{}' "
-                                            "does not exist; call Declare first)",
-                                            conn.config().Where(), group, destination, names.queue));
+        return Status::NotFound(
+            fmt::format("{}: consumer group '{}' of destination '{}' is not declared (queue '{}' "
+                        "does not exist; call Declare first)",
+                        conn.config().Where(), group, destination, names.queue));
     }
     return s;
 }
@@ -564,8 +566,8 @@ public:
             }
             Status s = c.RpcStatus(r, "receiving");
             if (guard.Fired()) {
-                s = Status::Unavailable(fmt::format("{}: receiving: the socket was stuck past the deadline",
-                                                    c.config().Where()));
+                s = Status::Unavailable(
+                    fmt::format("{}: receiving: the socket was stuck past the deadline", c.config().Where()));
             }
             return Failed(s);
         }
@@ -583,8 +585,8 @@ public:
         return Status::Ok();
     }
 
-    Status Nack(const Delivery& delivery, milliseconds /*delay: not supported by RabbitMQ; see docs/brokers.md*/)
-        override {
+    Status Nack(const Delivery& delivery,
+                milliseconds /*delay: not supported by RabbitMQ; see docs/brokers.md*/) override {
         auto key = Settle(delivery, "nack");
         if (!key.ok()) return key.status();
         IoGuard guard(*conn_, Clock::now() + conn_->config().io_timeout);
@@ -607,8 +609,8 @@ public:
             barriers_[*key] = Barrier{delivery.message.message_id, Clock::now() + kBarrierLifetime};
         }
         if (rc != AMQP_STATUS_OK) {
-            return Status::Unavailable(fmt::format("{} (the message will be delivered again)",
-                                                   conn_->LibStatus(rc, "nacking").message()));
+            return Status::Unavailable(
+                fmt::format("{} (the message will be delivered again)", conn_->LibStatus(rc, "nacking").message()));
         }
         return Status::Ok();
     }
@@ -701,8 +703,8 @@ private:
     // A delivery read from the socket: handed out, or held back while its key is busy.
     std::optional<Delivery> Take(const amqp_envelope_t& env) {
         const uint64_t tag = (generation_ << kTagBits) | (env.delivery_tag & kTagMask);
-        auto decoded = rabbit::DecodeMessage(env.message.properties, env.message.body, env.routing_key,
-                                             env.redelivered != 0);
+        auto decoded =
+            rabbit::DecodeMessage(env.message.properties, env.message.body, env.routing_key, env.redelivered != 0);
         if (!decoded.ok()) {
             // Not a keel message: reject it without requeue, so RabbitMQ moves it to the dead-letter queue.
             IoGuard guard(*conn_, Clock::now() + conn_->config().io_timeout);
@@ -825,8 +827,7 @@ public:
         return PublishBatch(std::span<const Message>(&message, 1), 1, timeout)[0];
     }
 
-    std::vector<Status> PublishBatch(std::span<const Message> messages, size_t window,
-                                     milliseconds timeout) override {
+    std::vector<Status> PublishBatch(std::span<const Message> messages, size_t window, milliseconds timeout) override {
         const auto deadline = Clock::now() + std::max(timeout, milliseconds(0));
         std::vector<Status> statuses(messages.size());
         if (window == 0) {
@@ -877,8 +878,7 @@ public:
             return Status::InvalidArgument(
                 fmt::format("the prefetch must be from 1 to 65535 (got {})", options.prefetch));
         }
-        auto consumer =
-            std::make_unique<RabbitConsumer>(core_, std::string(destination), std::string(group), options);
+        auto consumer = std::make_unique<RabbitConsumer>(core_, std::string(destination), std::string(group), options);
         KEEL_RETURN_IF_ERROR(consumer->Connect());
         return std::unique_ptr<BrokerConsumer>(std::move(consumer));
     }
@@ -1000,9 +1000,9 @@ Result<std::unique_ptr<Broker>> OpenRabbitBroker(const ParsedUri& uri, const Bro
     auto config = rabbit::ParseRabbitUri(uri);
     if (!config.ok()) return config.status();
     if (options.reconnect_min.count() <= 0 || options.reconnect_max < options.reconnect_min) {
-        return Status::InvalidArgument(fmt::format(
-            "BrokerOptions: reconnect_min ({} ms) must be positive and at most reconnect_max ({} ms)",
-            options.reconnect_min.count(), options.reconnect_max.count()));
+        return Status::InvalidArgument(
+            fmt::format("BrokerOptions: reconnect_min ({} ms) must be positive and at most reconnect_max ({} ms)",
+                        options.reconnect_min.count(), options.reconnect_max.count()));
     }
     auto core = std::make_shared<Core>(std::move(*config), options);
     KEEL_RETURN_IF_ERROR(core->Connect());

@@ -114,9 +114,10 @@ Result<Decoded> DecodeMessage(const amqp_basic_properties_t& props, amqp_bytes_t
     }
     auto id = Uuid::Parse(View(props.message_id));
     if (!id.ok()) {
-        return Status::Corruption(fmt::format("an AMQP message whose message_id '{}' is not a UUID (not published by "
-                                              "keel)",
-                                              View(props.message_id).substr(0, 64)));
+        return Status::Corruption(
+            fmt::format("an AMQP message whose message_id '{}' is not a UUID (not published by "
+                        "keel)",
+                        View(props.message_id).substr(0, 64)));
     }
     out.message.message_id = *id;
     out.message.payload = std::string(View(body));
@@ -132,16 +133,17 @@ Result<Decoded> DecodeMessage(const amqp_basic_properties_t& props, amqp_bytes_t
                 out.message.key = std::string(View(e.value.value.bytes));
             } else if (key == kHeadersHeader) {
                 if (e.value.kind != AMQP_FIELD_KIND_ARRAY) {
-                    return Status::Corruption(fmt::format("message {}: header {} is not an array", id->ToString(), key));
+                    return Status::Corruption(
+                        fmt::format("message {}: header {} is not an array", id->ToString(), key));
                 }
                 const amqp_array_t& all = e.value.value.array;
                 for (int j = 0; j < all.num_entries; ++j) {
                     const amqp_field_value_t& pair = all.entries[j];
                     if (pair.kind != AMQP_FIELD_KIND_ARRAY || pair.value.array.num_entries != 2 ||
                         !IsString(pair.value.array.entries[0]) || !IsString(pair.value.array.entries[1])) {
-                        return Status::Corruption(fmt::format(
-                            "message {}: entry {} of header {} is not a [name, value] pair of strings", id->ToString(),
-                            j, key));
+                        return Status::Corruption(
+                            fmt::format("message {}: entry {} of header {} is not a [name, value] pair of strings",
+                                        id->ToString(), j, key));
                     }
                     out.message.headers.emplace_back(std::string(View(pair.value.array.entries[0].value.bytes)),
                                                      std::string(View(pair.value.array.entries[1].value.bytes)));

@@ -12,13 +12,13 @@
 // Dead letters also carry keel-error (long string), keel-attempts (long), keel-dead-lettered-at (long, µs since
 // the Unix epoch) and keel-dead-letter-id (a UUID naming this dead letter for Replay).
 
-#include <amqp.h>
-#include <amqp_framing.h>
-
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <amqp.h>
+#include <amqp_framing.h>
 
 #include "keel/broker.hpp"
 

@@ -6,18 +6,19 @@
 // URI defaults to $KEEL_TEST_RABBITMQ (scripts/services.sh env). Messages go to a fresh destination with one group
 // (a quorum queue, or a classic one with ?queue_type=classic), deleted at the end.
 
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "keel/broker.hpp"
+
 #include "broker/rabbitmq/amqp_conn.hpp"
 #include "broker/rabbitmq/rabbit_message.hpp"
 #include "broker/rabbitmq/rabbit_uri.hpp"
-#include "keel/broker.hpp"
 #include "store/registry.hpp"
 
 namespace {
@@ -123,8 +124,7 @@ int main(int argc, char** argv) {
     }
     const std::string payload(payload_bytes, 'p');
     fmt::print("confirmed persistent publishes to {} ({} queue), {} messages of {} bytes\n", config->Where(),
-               config->queue_type == keel::detail::rabbit::QueueType::kQuorum ? "quorum" : "classic", n,
-               payload_bytes);
+               config->queue_type == keel::detail::rabbit::QueueType::kQuorum ? "quorum" : "classic", n, payload_bytes);
     fmt::print("{:>8} {:>16} {:>16} {:>8}\n", "window", "keel msgs/s", "raw msgs/s", "ratio");
     for (size_t window : {size_t{1}, size_t{10}, size_t{100}}) {
         const int count = window == 1 ? std::max(1, n / 5) : n;

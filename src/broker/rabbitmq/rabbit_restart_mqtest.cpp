@@ -7,10 +7,6 @@
 // outages; SERIAL only keeps the machine quiet for their timing checks. They need rabbitmq-server installed
 // (scripts/install-deps.sh), not KEEL_TEST_RABBITMQ.
 
-#include <fmt/format.h>
-#include <gtest/gtest.h>
-#include <signal.h>
-
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -20,8 +16,13 @@
 #include <thread>
 #include <vector>
 
-#include "broker/rabbitmq/rabbit_test_support.hpp"
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
 #include "keel/broker.hpp"
+
+#include "broker/rabbitmq/rabbit_test_support.hpp"
 
 namespace {
 

@@ -1,9 +1,6 @@
 #pragma once
 // Helpers for the tests against a RabbitMQ server (rabbitmq_broker_mqtest, rabbit_restart_mqtest).
 
-#include <gtest/gtest.h>
-#include <signal.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -14,11 +11,14 @@
 #include <string>
 #include <thread>
 
-#include "broker/rabbitmq/amqp_conn.hpp"
-#include "broker/rabbitmq/rabbit_uri.hpp"
 #include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <signal.h>
 
 #include "keel/broker.hpp"
+
+#include "broker/rabbitmq/amqp_conn.hpp"
+#include "broker/rabbitmq/rabbit_uri.hpp"
 #include "store/registry.hpp"
 
 namespace keel::testing::rabbit {
@@ -63,8 +63,8 @@ inline detail::rabbit::RabbitConfig ServerConfig() {
 // A plain librabbitmq connection (channel 1, no confirms) for looking at the server behind keel's back.
 inline std::unique_ptr<detail::rabbit::AmqpConn> RawConnection(bool confirms = false) {
     static const detail::rabbit::RabbitConfig config = ServerConfig();
-    auto conn = detail::rabbit::AmqpConn::Open(
-        config, detail::rabbit::Clock::now() + std::chrono::seconds(10), confirms);
+    auto conn =
+        detail::rabbit::AmqpConn::Open(config, detail::rabbit::Clock::now() + std::chrono::seconds(10), confirms);
     EXPECT_TRUE(conn.ok()) << conn.status().ToString();
     return conn.ok() ? std::move(*conn) : nullptr;
 }

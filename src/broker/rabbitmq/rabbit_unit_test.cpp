@@ -1,12 +1,13 @@
 // The rabbitmq: broker's parts that need no server: the URI, the names of the RabbitMQ objects, the message encoding.
 
+#include <string>
+
 #include <gtest/gtest.h>
 
-#include <string>
+#include "keel/broker.hpp"
 
 #include "broker/rabbitmq/rabbit_message.hpp"
 #include "broker/rabbitmq/rabbit_uri.hpp"
-#include "keel/broker.hpp"
 
 namespace keel::detail::rabbit {
 namespace {
@@ -18,8 +19,9 @@ Result<RabbitConfig> Parse(std::string_view uri) {
 }
 
 TEST(RabbitUriTest, FullUri) {
-    auto c = Parse("rabbitmq://keel:s3cret@127.0.0.1:15673/keel?heartbeat=5&connect_timeout=250&timeout=900&"
-                   "queue_type=classic");
+    auto c = Parse(
+        "rabbitmq://keel:s3cret@127.0.0.1:15673/keel?heartbeat=5&connect_timeout=250&timeout=900&"
+        "queue_type=classic");
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     EXPECT_EQ(c->user, "keel");
     EXPECT_EQ(c->password, "s3cret");

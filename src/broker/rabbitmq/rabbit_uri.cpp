@@ -89,8 +89,7 @@ Status ParseAuthority(std::string_view authority, RabbitConfig& out) {
         }
     }
     if (out.host.empty()) {
-        return Status::InvalidArgument(
-            "rabbitmq URI names no host; use rabbitmq://user:password@host:port/vhost");
+        return Status::InvalidArgument("rabbitmq URI names no host; use rabbitmq://user:password@host:port/vhost");
     }
     if (!port.empty()) {
         auto p = ParseInteger(port, 1, 65535, "port");

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "broker/names.hpp"
 #include "store/backend.hpp"
 #include "store/subscription_impl.hpp"
 #include "store/validate.hpp"
@@ -26,8 +27,6 @@ const SqlValue* Cell(const Rows& rows, size_t row, size_t col, Status& error) {
 }
 
 }  // namespace
-
-Status ValidateDestination(std::string_view destination);
 
 Result<int64_t> Rows::Int(size_t row, size_t col) const {
     Status error;
@@ -66,22 +65,6 @@ Status Mediator::Dispatch(UnitOfWork& uow, std::type_index type, const void* eve
     auto it = handlers_.find(type);
     if (it == handlers_.end()) return Status::Ok();
     for (const Handler& h : it->second) KEEL_RETURN_IF_ERROR(h(uow, event));
-    return Status::Ok();
-}
-
-Status ValidateDestination(std::string_view destination) {
-    if (destination.empty() || destination.size() > 200) {
-        return Status::InvalidArgument(
-            fmt::format("destination '{}' must be 1-200 characters", destination.substr(0, 64)));
-    }
-    for (char c : destination) {
-        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                        c == '_' || c == '-';
-        if (!ok) {
-            return Status::InvalidArgument(fmt::format(
-                "destination '{}' may contain only letters, digits, '.', '_' and '-'", destination.substr(0, 64)));
-        }
-    }
     return Status::Ok();
 }
 
@@ -148,7 +131,7 @@ Result<AppendResult> UnitOfWork::Append(std::string_view stream, ExpectedVersion
 
 Result<Uuid> UnitOfWork::Enqueue(OutboxMessage message) {
     KEEL_RETURN_IF_ERROR(Usable());
-    KEEL_RETURN_IF_ERROR(ValidateDestination(message.destination));
+    KEEL_RETURN_IF_ERROR(detail::ValidateBrokerName("destination", message.destination));
     if (message.key.size() > detail::kMaxStreamIdBytes) {
         return Status::InvalidArgument(fmt::format("outbox key is {} bytes, over the limit of {}", message.key.size(),
                                                    detail::kMaxStreamIdBytes));

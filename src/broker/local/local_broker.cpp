@@ -29,6 +29,7 @@
 
 #include "broker/backends.hpp"
 #include "broker/local/local_schema.hpp"
+#include "broker/names.hpp"
 #include "store/sqlite/sqlite_db.hpp"
 
 namespace keel::detail {
@@ -47,7 +48,6 @@ constexpr milliseconds kBusyTimeout{5000};
 // A waiting Receive looks for work from other processes at least this often (the default of ?poll_ms=).
 constexpr milliseconds kDefaultMaxPoll{20};
 constexpr milliseconds kMinPoll{1};
-constexpr size_t kMaxNameBytes = 200;
 // Visibility timeouts and nack delays are capped here (about 10 years), so that deadlines in µs cannot overflow.
 constexpr milliseconds kMaxDelay{315'360'000'000};
 
@@ -60,28 +60,8 @@ std::string Shorten(std::string_view s) {
     return s.size() <= 64 ? std::string(s) : fmt::format("{}…", s.substr(0, 64));
 }
 
-bool IsNameChar(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
-}
-
-// Destination and group names: 1–200 bytes of [A-Za-z0-9._-].
-Status CheckName(std::string_view what, std::string_view name) {
-    if (name.empty())
-        return Status::InvalidArgument(fmt::format("the {} name is empty; use 1-200 bytes of [A-Za-z0-9._-]", what));
-    if (name.size() > kMaxNameBytes) {
-        return Status::InvalidArgument(fmt::format("the {} name '{}' is {} bytes long; the limit is {}", what,
-                                                   Shorten(name), name.size(), kMaxNameBytes));
-    }
-    for (char c : name) {
-        if (!IsNameChar(c)) {
-            return Status::InvalidArgument(
-                fmt::format("the {} name '{}' contains the byte 0x{:02x}; only [A-Za-z0-9._-] is allowed", what,
-                            Shorten(name), static_cast<unsigned char>(c)));
-        }
-    }
-    return Status::Ok();
-}
+// Destination and group names: broker/names.hpp.
+Status CheckName(std::string_view what, std::string_view name) { return ValidateBrokerName(what, name); }
 
 Status CheckMessage(const Message& m) {
     KEEL_RETURN_IF_ERROR(CheckName("destination", m.destination));

@@ -11,6 +11,10 @@ packages=(
     libsqlite3-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
     # PostgreSQL and MariaDB: client libraries for the backends, servers for the tests (scripts/services.sh)
     libpq-dev postgresql libmariadb-dev mariadb-server mariadb-client
+    # RabbitMQ: client library for the rabbitmq: broker, server for the tests (scripts/services.sh)
+    librabbitmq-dev rabbitmq-server
+    # HTTP for keeld and the DTM client (Boost.Asio / Boost.Beast, header-only)
+    libboost-dev
     # tests and benchmarks
     libgtest-dev libgmock-dev libbenchmark-dev
 )

@@ -20,10 +20,14 @@ build-release: deps
 	cmake --preset release
 	cmake --build --preset release -j $(JOBS)
 
-# The main job on the embedded default (SQLite): an end-to-end demo of the event store and the seed 004 aggregate.
+# The main job on the embedded default (SQLite): an end-to-end demo of the event store and the seed 004 aggregate,
+# then keeld, the coordinator, in the foreground on DTM's port (Ctrl-C stops it; its state stays in KEELD_DB).
+KEELD_DB ?= build/demo/keeld.db
 run: build-release
-	@mkdir -p $(dir $(DEMO_DB))
+	@mkdir -p $(dir $(DEMO_DB)) $(dir $(KEELD_DB))
 	build/release/examples/user_aggregate/user_aggregate $(DEMO_DB)
+	@echo "keeld: DTM clients can use http://127.0.0.1:36789/api/dtmsvr (docs/keeld.md); Ctrl-C stops it"
+	build/release/keeld/keeld --listen 127.0.0.1:36789 --storage sqlite://$(abspath $(KEELD_DB))
 
 # The seed scenarios (000 foo_bar, 001 order_customer, 002 payment_offset) on the embedded default (SQLite + local:
 # broker): each prints its steps and ends with "ok <scenario>" after checking its databases; exits non-zero on any

@@ -27,7 +27,7 @@ fi
 build_dir=$(cd "$build_dir" && pwd)
 
 # The usual order, then any other bench_* binary.
-order=(append_single append_concurrent append_batch read_all load_aggregate memory_rss pg mysql)
+order=(append_single append_concurrent append_batch read_all load_aggregate memory_rss pg mysql keeld)
 benches=()
 for name in "${order[@]}"; do
     [[ -x "$build_dir/bench/bench_$name" ]] && benches+=("$name")
@@ -59,7 +59,7 @@ services="$(cd "$(dirname "$0")" && pwd)/services.sh"
 need_services=0
 for name in "${benches[@]}"; do
     case $name in
-        pg) "$services" start pg; need_services=1 ;;
+        pg | keeld) "$services" start pg; need_services=1 ;;
         mysql) "$services" start mysql; need_services=1 ;;
     esac
 done

@@ -315,10 +315,15 @@ struct Engine::Impl : std::enable_shared_from_this<Impl> {
     }
 
     // --- one pass over a transaction (it is ours: busy in this process, leased in storage) ---
-    awaitable<void> Pass(Global g) {
-        auto branches_r = co_await Db([&] { return storage->FindBranches(g.gid); });
-        if (!branches_r.ok()) co_return;
-        std::vector<Branch> branches = std::move(branches_r).value();
+    awaitable<void> Pass(Global& g, std::optional<std::vector<Branch>> loaded) {
+        std::vector<Branch> branches;
+        if (loaded) {
+            branches = std::move(*loaded);
+        } else {
+            auto branches_r = co_await Db([&] { return storage->FindBranches(g.gid); });
+            if (!branches_r.ok()) co_return;
+            branches = std::move(branches_r).value();
+        }
         const int64_t started = NowMs();
         const int64_t call_deadline = started + LeaseMs(g) - RequestTimeout(g) * 1000 - 1000;
         if (g.trans_type == "msg") {
@@ -630,27 +635,40 @@ struct Engine::Impl : std::enable_shared_from_this<Impl> {
     }
 
     // Processes `gid` now (waiting for another coroutine of this process to finish with it first, when `wait`).
-    awaitable<void> Run(std::string gid, bool wait) {
+    // `loaded` is the transaction as just stored by the caller (saves reading it back). Returns the transaction as
+    // the pass left it, or nullopt when it was not processed (busy elsewhere, unknown, already final).
+    awaitable<std::optional<Global>> Run(std::string gid, bool wait,
+                                         std::optional<std::pair<Global, std::vector<Branch>>> loaded = std::nullopt) {
         auto self = shared_from_this();
         while (!TryAcquire(gid)) {
-            if (!wait || stopped.load()) co_return;
+            if (!wait || stopped.load()) co_return std::nullopt;
             co_await Sleep(std::chrono::milliseconds(5));
+            loaded.reset();  // someone else worked on it meanwhile: read it afresh
         }
         struct Guard {
             Impl* impl;
             std::string gid;
             ~Guard() { impl->Release(gid); }
         } guard{this, gid};
-        auto g = co_await Db([&] { return storage->FindGlobal(gid); });
-        if (!g.ok() || !g->has_value() || IsFinal((*g)->status)) co_return;
-        co_await Pass(std::move(**g));
+        Global g;
+        std::optional<std::vector<Branch>> branches;
+        if (loaded) {
+            g = std::move(loaded->first);
+            branches = std::move(loaded->second);
+        } else {
+            auto found = co_await Db([&] { return storage->FindGlobal(gid); });
+            if (!found.ok() || !found->has_value()) co_return std::nullopt;
+            g = std::move(**found);
+        }
+        if (IsFinal(g.status)) co_return g;
+        co_await Pass(g, std::move(branches));
+        co_return g;
     }
 
     void RunInBackground(const std::string& gid) {
         ++in_flight;
-        asio::co_spawn(asio::make_strand(io), Run(gid, false), [self = shared_from_this()](std::exception_ptr) {
-            --self->in_flight;
-        });
+        asio::co_spawn(asio::make_strand(io), Run(gid, false),
+                       [self = shared_from_this()](std::exception_ptr, std::optional<Global>) { --self->in_flight; });
     }
 
     awaitable<void> CronLoop() {
@@ -682,16 +700,20 @@ struct Engine::Impl : std::enable_shared_from_this<Impl> {
     }
 
     // After a submit/abort: process inside the request (wait_result) or in the background.
-    awaitable<ApiResult> Process(const std::string& gid, bool wait_result, const char* goal) {
+    awaitable<ApiResult> Process(const std::string& gid, bool wait_result, const char* goal,
+                                 std::optional<std::pair<Global, std::vector<Branch>>> loaded = std::nullopt) {
         if (!wait_result) {
             RunInBackground(gid);
             co_return ApiResult::Success();
         }
-        co_await Run(gid, true);
-        auto g = co_await Db([&] { return storage->FindGlobal(gid); });
-        if (!g.ok()) co_return ApiResult::FromStatus(g.status());
-        if (!g->has_value()) co_return ApiResult::Error(500, "global transaction '" + gid + "' vanished");
-        const Global& cur = **g;
+        std::optional<Global> after = co_await Run(gid, true, std::move(loaded));
+        if (!after) {
+            auto g = co_await Db([&] { return storage->FindGlobal(gid); });
+            if (!g.ok()) co_return ApiResult::FromStatus(g.status());
+            if (!g->has_value()) co_return ApiResult::Error(500, "global transaction '" + gid + "' vanished");
+            after = std::move(**g);
+        }
+        const Global& cur = *after;
         if (cur.status == goal) co_return ApiResult::Success();
         if (cur.status == kFailed || cur.status == kAborting) {
             co_return ApiResult::Failure(cur.rollback_reason.empty() ? "wait result not return success"
@@ -764,7 +786,11 @@ awaitable<ApiResult> Engine::Submit(std::string body) {
     const bool wait_result = req->global.options.wait_result;
     Global g = impl->NewGlobal(*req, kSubmitted);
     Status s = co_await impl->Db([&] { return impl->storage->SaveNew(g, req->branches); });
-    if (s.ok()) co_return co_await impl->Process(g.gid, wait_result, kSucceed);
+    if (s.ok()) {
+        std::string gid = g.gid;
+        co_return co_await impl->Process(gid, wait_result, kSucceed,
+                                         std::make_pair(std::move(g), std::move(req->branches)));
+    }
     if (s.code() != StatusCode::kAlreadyExists) co_return ApiResult::FromStatus(s);
     auto cur = co_await impl->Db([&] { return impl->storage->FindGlobal(g.gid); });
     if (!cur.ok()) co_return ApiResult::FromStatus(cur.status());

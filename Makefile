@@ -35,8 +35,8 @@ run: build-release
 demo: build-release
 	examples/demo/run-demo.sh build/release
 
-# Every test (unit, conformance, crash, install, and those against real PostgreSQL and MariaDB servers, which
-# scripts/services.sh starts under build/services and stops afterwards), built with ASan + UBSan.
+# Every test (unit, conformance, crash, install, and those against real PostgreSQL, MariaDB and RabbitMQ servers,
+# which scripts/services.sh starts under build/services and stops afterwards), built with ASan + UBSan.
 test: build
 	scripts/services.sh start
 	set -o pipefail; eval "$$(scripts/services.sh env)"; ctest --preset dev; rc=$$?; scripts/services.sh stop; exit $$rc

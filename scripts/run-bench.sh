@@ -9,9 +9,9 @@
 #   KEEL_BENCH_SCALE   multiplies every event count (default 1.0; e.g. 0.05 for a quick run)
 #   KEEL_BENCH_ONLY    space-separated names to run a subset, e.g. "append_single read_all"
 #
-# bench_pg and bench_mysql need the PostgreSQL and MariaDB servers: this script starts them first
-# (scripts/services.sh start pg / start mysql; idempotent) and exports KEEL_TEST_PG / KEEL_TEST_MYSQL from
-# scripts/services.sh env.
+# bench_pg and bench_mysql need the PostgreSQL and MariaDB servers, bench_outbox's RabbitMQ cases the RabbitMQ test
+# server: this script starts them first (scripts/services.sh start pg / mysql / rabbitmq; idempotent) and exports
+# KEEL_TEST_PG / KEEL_TEST_MYSQL / KEEL_TEST_RABBITMQ from scripts/services.sh env.
 #
 # Scratch databases go to BUILD_DIR/bench-tmp (same disk as the build) and are deleted afterwards. The full output
 # goes to BUILD_DIR/bench-output.txt, the summary to BUILD_DIR/bench-results.txt. Exits non-zero when a benchmark
@@ -61,11 +61,12 @@ for name in "${benches[@]}"; do
     case $name in
         pg | keeld) "$services" start pg; need_services=1 ;;
         mysql) "$services" start mysql; need_services=1 ;;
+        outbox) "$services" start rabbitmq; need_services=1 ;;
     esac
 done
 if [[ $need_services -eq 1 ]]; then
     eval "$("$services" env)"
-    export KEEL_TEST_PG KEEL_TEST_MYSQL
+    export KEEL_TEST_PG KEEL_TEST_MYSQL KEEL_TEST_RABBITMQ
 fi
 
 scale=${KEEL_BENCH_SCALE:-1}

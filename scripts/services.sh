@@ -4,7 +4,6 @@
 #
 #   scripts/services.sh start [pg|mysql|rabbitmq|all]   start (idempotent), wait until ready, create the test database
 #   scripts/services.sh stop  [pg|mysql|rabbitmq|all]   stop
-#   (`all` is pg and mysql; rabbitmq joins it when the rabbitmq: broker is switched on in the build)
 #   scripts/services.sh status                          show what runs
 #   scripts/services.sh env                             print the export lines for the tests (KEEL_TEST_PG, …)
 #
@@ -206,10 +205,13 @@ rmq_start() {
     else
         log "starting RabbitMQ on 127.0.0.1:$rmq_port (node $rmq_node)"
         rm -f "$rd/rabbit.pid"
-        # exec 9>&-: neither the server nor the shell that waits for it may hold the lock.
+        # The subshell gives up the lock (9) and the caller's stdin, stdout and stderr for good (exec) before it
+        # starts the server: a redirection on the command itself would leave copies of the caller's stdout in the
+        # shell that waits for the server, and a caller reading this script's output through a pipe would then wait
+        # for the server to end.
         (
-            exec 9>&-
-            cd "$rd" && rmq_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$rd/startup.log" 2>&1 </dev/null &
+            exec 9>&- >"$rd/startup.log" 2>&1 </dev/null
+            cd "$rd" && rmq_env setsid /usr/lib/rabbitmq/bin/rabbitmq-server &
         )
     fi
     for _ in $(seq 1 240); do
@@ -259,9 +261,9 @@ cmd=${1:-}
 what=${2:-all}
 case "$cmd" in
     start)
-        case "$what" in pg) pg_start ;; mysql) my_start ;; rabbitmq) rmq_locked rmq_start ;; all) pg_start; my_start ;; *) die "unknown service '$what'" ;; esac ;;
+        case "$what" in pg) pg_start ;; mysql) my_start ;; rabbitmq) rmq_locked rmq_start ;; all) pg_start; my_start; rmq_locked rmq_start ;; *) die "unknown service '$what'" ;; esac ;;
     stop)
-        case "$what" in pg) pg_stop ;; mysql) my_stop ;; rabbitmq) rmq_locked rmq_stop ;; all) pg_stop; my_stop ;; *) die "unknown service '$what'" ;; esac ;;
+        case "$what" in pg) pg_stop ;; mysql) my_stop ;; rabbitmq) rmq_locked rmq_stop ;; all) pg_stop; my_stop; rmq_locked rmq_stop ;; *) die "unknown service '$what'" ;; esac ;;
     status)
         bin=$(pg_bin)
         if as_pg "$bin/pg_ctl" -D "$(pg_dir)/data" status >/dev/null 2>&1; then echo "pg: running on $pg_port"; else echo "pg: stopped"; fi

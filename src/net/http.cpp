@@ -72,7 +72,7 @@ bool Url::Parse(std::string_view url, Url* out) {
     if (target.front() == '#') target = "/";
     size_t hash = target.find('#');
     u.target = std::string(target.substr(0, hash));
-    if (u.target.front() == '?') u.target.insert(0, "/");
+    if (u.target.front() == '?') u.target = "/" + u.target;
     *out = std::move(u);
     return true;
 }

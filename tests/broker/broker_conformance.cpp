@@ -279,7 +279,10 @@ TEST_P(BrokerConformance, EveryGroupGetsEveryMessage) {
     }
 }
 
-TEST_P(BrokerConformance, CompetingConsumersSplitTheMessages) {
+// Two consumers of one group: each message goes to one of them, once. Whether both take part depends on the broker's
+// declared capability: competing consumers share the messages; with a single active consumer (RabbitMQ) one of them
+// gets every message and the other stands by (TheGroupsOtherConsumerTakesOverWhenOneCloses shows it taking over).
+TEST_P(BrokerConformance, TwoConsumersOfAGroupGetEachMessageOnce) {
     const std::string dest = Name("jobs"), group = Name("workers");
     std::unique_ptr<BrokerConsumer> consumers[2] = {MustConsume(broker(), dest, group),
                                                     MustConsume(broker(), dest, group)};
@@ -318,9 +321,62 @@ TEST_P(BrokerConformance, CompetingConsumersSplitTheMessages) {
     all.insert(got[1].begin(), got[1].end());
     EXPECT_EQ(got[0].size() + got[1].size(), static_cast<size_t>(kMessages)) << "a message was delivered twice";
     EXPECT_EQ(all.size(), static_cast<size_t>(kMessages));
-    EXPECT_GT(got[0].size(), 0u);
-    EXPECT_GT(got[1].size(), 0u);
+    if (GetParam().consumers_share_a_group) {
+        EXPECT_GT(got[0].size(), 0u) << "competing consumers: both take part";
+        EXPECT_GT(got[1].size(), 0u) << "competing consumers: both take part";
+    } else {
+        EXPECT_TRUE(got[0].empty() || got[1].empty())
+            << "single active consumer: one consumer gets everything, but they got " << got[0].size() << " and "
+            << got[1].size();
+    }
     for (auto& c : consumers) ExpectNothing(*c, "every message was acknowledged");
+}
+
+// A group outlives its consumers: when one of two consumers closes while holding a delivery, the other one gets that
+// delivery again (attempt 2 or more) and everything after it, each key still in order. (With competing consumers it
+// is the release of a closed consumer's deliveries; with a single active consumer it is the standby's failover.)
+TEST_P(BrokerConformance, TheGroupsOtherConsumerTakesOverWhenOneCloses) {
+    const std::string dest = Name("orders"), group = Name("g");
+    auto first = MustConsume(broker(), dest, group);
+    auto second = MustConsume(broker(), dest, group);
+    constexpr int kKeys = 3, kPerKey = 5;
+    std::vector<Message> messages;
+    for (int i = 0; i < kPerKey; ++i) {
+        for (int k = 0; k < kKeys; ++k) {
+            const std::string key = "order-" + std::to_string(k);
+            messages.push_back(MakeMessage(dest, key, Payload(key, i)));
+        }
+    }
+    for (const Status& s : broker().PublishBatch(messages, 16, 10s)) KEEL_ASSERT_OK(s);
+
+    // The first consumer takes the first message (with a single active consumer it is the active one: it registered
+    // first) and closes without settling it.
+    auto held = ReceiveOne(*first);
+    ASSERT_TRUE(held.has_value());
+    EXPECT_EQ(held->message.payload, Payload("order-0", 0));
+    first.reset();
+
+    std::map<std::string, std::vector<int>> seen;
+    std::map<Uuid, int> times;
+    int held_attempt = 0;
+    const auto deadline = steady_clock::now() + 30s;
+    int total = 0;
+    while (total < kKeys * kPerKey && steady_clock::now() < deadline) {
+        auto d = ReceiveOne(*second, 1s);
+        if (::testing::Test::HasFailure()) return;
+        if (!d.has_value()) continue;
+        auto [key, index] = ParsePayload(d->message.payload);
+        seen[key].push_back(index);
+        ++times[d->message.message_id];
+        if (d->message.message_id == held->message.message_id) held_attempt = d->attempt;
+        KEEL_ASSERT_OK(second->Ack(*d));
+        ++total;
+    }
+    ASSERT_EQ(total, kKeys * kPerKey) << "the second consumer did not get every message";
+    for (const auto& [id, n] : times) EXPECT_EQ(n, 1) << id.ToString() << " delivered " << n << " times";
+    for (const auto& [key, indexes] : seen) EXPECT_EQ(indexes, Iota(kPerKey)) << "order of key " << key;
+    EXPECT_GE(held_attempt, 2) << "the delivery the closed consumer held comes back as a redelivery";
+    ExpectNothing(*second, "every message was acknowledged");
 }
 
 TEST_P(BrokerConformance, PerKeyOrderWithTwoConsumersAndInterleavedKeys) {

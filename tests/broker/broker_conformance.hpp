@@ -10,6 +10,8 @@
 // defines it once). Two suites:
 // - BrokerConformance: what every broker does (publish/consume, groups, per-key order, acks, redelivery when a
 //   consumer goes away, nack, dead letters, batches, durability across reconnects, two consumer processes, bad input).
+//   How several consumers of one group split the work is a capability the factory declares
+//   (BrokerFactory::consumers_share_a_group); the tests check the declared behaviour either way.
 // - BrokerQueueConformance: for brokers with per-delivery timers and publish deduplication — redelivery after the
 //   visibility timeout while the consumer lives on, Nack with a delay, one stored copy per message id
 //   (local:; NATS JetStream has them too). RabbitMQ does not instantiate it.
@@ -45,6 +47,11 @@ struct BrokerFactory {
     std::function<void()> teardown;
     // How long a test waits before concluding that no (further) message will arrive. Default: 300 ms.
     std::chrono::milliseconds quiet{300};
+    // Capability: the consumers of one group share its messages (competing consumers, local:). False for a broker
+    // that delivers a group to one active consumer at a time and keeps the others as standbys that take over when it
+    // goes away (RabbitMQ's single active consumer, which keel uses to keep per-key order): the suite then checks
+    // that one consumer got every message and the other none. Default: true.
+    bool consumers_share_a_group = true;
 };
 
 inline void PrintTo(const BrokerFactory& factory, std::ostream* os) {

@@ -43,6 +43,9 @@ keel::testing::BrokerFactory RabbitFactory() {
     factory.name = "rabbitmq";
     factory.open = [] { return rt::OpenTestBroker(); };
     factory.quiet = 500ms;
+    // Group queues have x-single-active-consumer (per-key order across consumers): a group's second consumer is a
+    // standby (OneConsumerOfAGroupIsActiveAtATime below shows the failover on its own).
+    factory.consumers_share_a_group = false;
     return factory;
 }
 

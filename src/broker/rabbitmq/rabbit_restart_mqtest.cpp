@@ -2,6 +2,9 @@
 // confirming, and frozen with SIGSTOP. Confirms must really wait for the server to store a message, and the broker
 // must reconnect by itself.
 //
+// The outbox relay against such a server: rows committed while it is down stay unpublished and go out, in order per
+// key and with one effect each at an inbox consumer, once it is back.
+//
 // They run a RabbitMQ node of their own (rt::PrivateServer: scripts/services.sh with a directory under the build
 // tree and ports of its own), started once for the suite and stopped at its end, so that no other test sees these
 // outages; SERIAL only keeps the machine quiet for their timing checks. They need rabbitmq-server installed
@@ -21,8 +24,13 @@
 #include <signal.h>
 
 #include "keel/broker.hpp"
+#include "keel/consumer.hpp"
+#include "keel/event_store.hpp"
+#include "keel/outbox.hpp"
+#include "keel/unit_of_work.hpp"
 
 #include "broker/rabbitmq/rabbit_test_support.hpp"
+#include "conformance/test_support.hpp"
 
 namespace {
 
@@ -297,6 +305,77 @@ TEST_F(RabbitRestartTest, AFrozenServerMakesCallsFailByTheirDeadline) {
         ASSERT_OK(consumer->Ack(**d));
     }
     EXPECT_TRUE(payloads.contains("thawed"));
+}
+
+TEST_F(RabbitRestartTest, RelayKeepsRowsUnpublishedWhileTheServerIsDownAndSendsThemWhenItReturns) {
+    const std::string dest = rt::UniqueName("orders");
+    ASSERT_OK(broker_->Declare(dest, "g"));
+    keel::testing::TempDir dir("keel-relay-rabbit-down");
+    auto store = keel::OpenStore("sqlite://" + (dir.path() / "service.db").string()).value();
+    {
+        auto uow = keel::UnitOfWork::Begin(*store).value();
+        ASSERT_TRUE(uow.Exec("CREATE TABLE seen (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, idx INTEGER)").ok());
+        ASSERT_OK(uow.Commit());
+    }
+    ASSERT_TRUE(Services("stop"));
+
+    // Units of work commit their outbox rows while the broker is down.
+    constexpr int kKeys = 4, kPerKey = 10;
+    for (int i = 0; i < kPerKey; ++i) {
+        auto uow = keel::UnitOfWork::Begin(*store).value();
+        for (int k = 0; k < kKeys; ++k) {
+            ASSERT_TRUE(uow.Enqueue(Make(dest, "key-" + std::to_string(k), std::to_string(i))).ok());
+        }
+        ASSERT_OK(uow.Commit());
+    }
+    keel::RelayOptions options;
+    options.lease = 5s;
+    options.publish_timeout = 1s;
+    options.poll_interval = 50ms;
+    options.retry_backoff = 50ms;
+    auto relay = keel::Relay::Start(*store, *broker_, options).value();
+    const auto deadline = steady_clock::now() + 30s;
+    while (relay->stats().failures < 2 && steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    ASSERT_GE(relay->stats().failures, 2) << "the relay did not try to publish to the stopped server";
+    EXPECT_NE(relay->stats().last_error.find("navailable"), std::string::npos) << relay->stats().last_error;
+    auto pending = keel::GetOutboxStats(*store).value();
+    EXPECT_EQ(pending.pending, kKeys * kPerKey) << "a row was marked published although the broker was down";
+    EXPECT_EQ(relay->stats().published, 0);
+
+    ASSERT_TRUE(Services("start"));
+    ASSERT_OK(relay->Drain(60s));
+    EXPECT_EQ(keel::GetOutboxStats(*store).value().pending, 0);
+
+    keel::ConsumerOptions consumer_options;
+    consumer_options.name = "seen";
+    auto consumer = keel::Consumer::Start(
+                        *store, *broker_, dest, "g",
+                        [](keel::UnitOfWork& uow, const keel::Delivery& d) {
+                            return uow
+                                .Exec("INSERT INTO seen (key, idx) VALUES (?, ?)",
+                                      {d.message.key, int64_t{std::stoi(d.message.payload)}})
+                                .status();
+                        },
+                        consumer_options)
+                        .value();
+    auto count = [&] {
+        auto uow = keel::UnitOfWork::Begin(*store).value();
+        return uow.Query("SELECT count(*) FROM seen").value().Int(0, 0).value();
+    };
+    const auto consume_deadline = steady_clock::now() + 60s;
+    while (count() < kKeys * kPerKey && steady_clock::now() < consume_deadline) std::this_thread::sleep_for(50ms);
+    std::this_thread::sleep_for(500ms);  // a duplicate effect would show up now
+    consumer->Stop();
+    relay->Stop();
+    ASSERT_EQ(count(), kKeys * kPerKey) << "every row has exactly one effect";
+    auto uow = keel::UnitOfWork::Begin(*store).value();
+    auto rows = uow.Query("SELECT key, idx FROM seen ORDER BY seq").value();
+    std::map<std::string, std::vector<int64_t>> per_key;
+    for (size_t r = 0; r < rows.size(); ++r) per_key[rows.Text(r, 0).value()].push_back(rows.Int(r, 1).value());
+    ASSERT_EQ(per_key.size(), static_cast<size_t>(kKeys));
+    std::vector<int64_t> in_order(kPerKey);
+    for (int i = 0; i < kPerKey; ++i) in_order[static_cast<size_t>(i)] = i;
+    for (const auto& [key, indexes] : per_key) EXPECT_EQ(indexes, in_order) << "order of " << key;
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 // outbox: the transactional outbox end to end — units of work on an sqlite: store commit an event and an outbox row
-// each, a Relay publishes the rows (PublishBatch, window 100), a Consumer with its inbox (its own sqlite: database)
-// handles each message in a unit of work — on `local:` and on RabbitMQ (KEEL_TEST_RABBITMQ; scripts/run-bench.sh
-// starts the test server). Baseline in the same run: a raw windowed confirmed-publish loop to the same broker.
+// each (4 producer threads in the throughput case, keys split among them; on sqlite: units of work take the write
+// lock in turn, they do not share commits), a Relay publishes the rows (PublishBatch, window 100), a Consumer with its
+// inbox (its own sqlite: database) handles the deliveries in batches of up to 100 per unit of work (max_batch) — on
+// `local:` and on RabbitMQ (KEEL_TEST_RABBITMQ; scripts/run-bench.sh starts the test server). Baseline in the same
+// run: a raw windowed confirmed-publish loop to the same broker. KEEL_BENCH_OUTBOX_PRODUCERS=1 KEEL_BENCH_OUTBOX_BATCH=1
+// gives the earlier set-up (one producer thread, a unit of work per delivery).
 //
 //   outbox/throughput/<broker>   N messages over 100 keys: first commit to last handled     target >= 0.7x raw
 //   raw/publish/local            local:'s own PublishBatch, window 100, N messages (one commit per window)
@@ -52,6 +55,8 @@ constexpr double kLatencyRate = 500.0;  // events/s
 struct Config {
     int64_t throughput_messages = 0;
     int64_t latency_messages = 0;
+    int producers = 4;    // KEEL_BENCH_OUTBOX_PRODUCERS: producer threads of the throughput case (keys split among them)
+    int consumer_batch = 100;  // KEEL_BENCH_OUTBOX_BATCH: ConsumerOptions::max_batch
 };
 Config g_config;
 
@@ -118,6 +123,7 @@ public:
         co.name = "bench";
         co.consume.prefetch = 256;
         co.receive_timeout = std::chrono::milliseconds(50);
+        co.max_batch = g_config.consumer_batch;
         auto consumer = Consumer::Start(
             *inbox_store_, *consumer_broker_, dest_, "bench",
             [this](UnitOfWork& uow, const Delivery& d) { return Handle(uow, d); }, co);
@@ -136,12 +142,13 @@ public:
         if (consumer_) consumer_->Stop();
     }
 
-    // Commits message `i` (key i % kKeys) in its own unit of work with an event of its stream.
-    void Commit(int64_t i) {
+    // Commits message `i` (key i % kKeys) in its own unit of work with an event of its stream. `event` is the
+    // calling thread's scratch.
+    void Commit(int64_t i, EventData& event) {
         const int key = static_cast<int>(i % kKeys);
-        FillEvent(event_, i);
+        FillEvent(event, i);
         auto uow = UnitOfWork::Begin(*store_).value();
-        Check(uow.Append(StreamName(key), ExpectedVersion::Any(), std::span<const EventData>(&event_, 1)).status(),
+        Check(uow.Append(StreamName(key), ExpectedVersion::Any(), std::span<const EventData>(&event, 1)).status(),
               "Append");
         Check(uow.Enqueue(Message{dest_, StreamName(key), Uuid::Generate(), Payload(key, i / kKeys, NowNs()), {}})
                   .status(),
@@ -150,6 +157,33 @@ public:
     }
 
     // Waits until `n` messages were handled (or throws after `timeout`).
+    void Commit(int64_t i) { Commit(i, event_); }
+
+    // Commits messages 0..n-1 from `threads` threads; thread t commits the keys k with k % threads == t, in order,
+    // so each key's messages still commit in sequence.
+    void CommitParallel(int64_t n, int threads) {
+        if (threads <= 1 || kKeys % threads != 0) {
+            for (int64_t i = 0; i < n; ++i) Commit(i);
+            return;
+        }
+        std::vector<std::thread> workers;
+        std::mutex error_mu;
+        std::string error;
+        for (int t = 0; t < threads; ++t) {
+            workers.emplace_back([this, n, t, threads, &error_mu, &error] {
+                EventData event;
+                try {
+                    for (int64_t i = t; i < n; i += threads) Commit(i, event);
+                } catch (const std::exception& e) {
+                    std::lock_guard lock(error_mu);
+                    error = e.what();
+                }
+            });
+        }
+        for (std::thread& w : workers) w.join();
+        if (!error.empty()) throw std::runtime_error(error);
+    }
+
     void WaitHandled(int64_t n, std::chrono::seconds timeout) {
         const auto deadline = Clock::now() + timeout;
         while (handled_.load() < n) {
@@ -211,7 +245,7 @@ void Throughput(benchmark::State& state, Kind kind) {
         for (auto _ : state) {
             Pipeline p(kind);
             const auto t0 = Clock::now();
-            for (int64_t i = 0; i < n; ++i) p.Commit(i);
+            p.CommitParallel(n, g_config.producers);
             const auto committed = Clock::now();
             p.WaitHandled(n, std::chrono::seconds(600));
             const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -361,6 +395,12 @@ void Register(const std::string& name, void (*fn)(benchmark::State&)) {
 int main(int argc, char** argv) {
     g_config.throughput_messages = Scaled(20'000, 200);
     g_config.latency_messages = Scaled(2'500, 100);
+    if (const char* v = std::getenv("KEEL_BENCH_OUTBOX_PRODUCERS"); v != nullptr && *v != '\0') {
+        g_config.producers = std::clamp(std::atoi(v), 1, 100);
+    }
+    if (const char* v = std::getenv("KEEL_BENCH_OUTBOX_BATCH"); v != nullptr && *v != '\0') {
+        g_config.consumer_batch = std::clamp(std::atoi(v), 1, 10'000);
+    }
     const bool rabbit = !RabbitUri().empty();
 #ifndef KEEL_BENCH_WITH_RABBITMQ
     const bool built_with_rabbit = false;
@@ -370,8 +410,15 @@ int main(int argc, char** argv) {
 
     SummaryReporter reporter("outbox", "outbox -> relay -> broker -> consumer with inbox, against raw publishing");
     reporter.Setting("throughput", fmt::format("{} messages of {} bytes over {} keys per repetition; relay batch 500, "
-                                               "window {}; one unit of work per message (event + outbox row)",
-                                               g_config.throughput_messages, kPayloadBytes, kKeys, kWindow));
+                                               "window {}; one unit of work per message (event + outbox row) from {} "
+                                               "producer thread(s) (KEEL_BENCH_OUTBOX_PRODUCERS, keys split among "
+                                               "them)",
+                                               g_config.throughput_messages, kPayloadBytes, kKeys, kWindow,
+                                               g_config.producers));
+    reporter.Setting("consumer", fmt::format("Consumer max_batch {} (KEEL_BENCH_OUTBOX_BATCH): up to that many ready "
+                                             "deliveries in one unit of work (inbox row + handler each), acked "
+                                             "together",
+                                             g_config.consumer_batch));
     reporter.Setting("latency", fmt::format("{} messages committed at a steady {:.0f}/s; latency from just before the "
                                             "producer's Commit to the consumer's handler",
                                             g_config.latency_messages, kLatencyRate));

@@ -41,10 +41,17 @@ done
 run foo_bar "$build/examples/foo_bar/foo_bar" demo
 run order_customer "$build/examples/order_customer/order_customer"
 run payment_offset "$build/examples/payment_offset/payment_offset"
+# Seed 003 (needs keeld, built with the examples): the transfer through keeld with the barrier.
+if [[ -x $build/examples/transfer/transfer ]]; then
+    run transfer "$build/examples/transfer/transfer"
+else
+    echo "FAILED: $build/examples/transfer/transfer is not built (run make build-release)"
+    failed+=(transfer)
+fi
 
 echo
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "demo FAILED: ${failed[*]} (logs in $work)"
     exit 1
 fi
-echo "demo: all 3 scenarios ok (databases and logs in $work)"
+echo "demo: all 4 scenarios ok (databases and logs in $work)"

@@ -11,7 +11,9 @@
 /// unit of work still works (the failed statement left no trace); after a failed Commit() it is finished.
 ///
 /// Storage that cannot do transactions is refused: Begin() on `memory:` is kNotSupported. Units of work run on
-/// `sqlite:` and `postgresql:`; on `mysql:` they are not available yet (kNotSupported).
+/// `sqlite:`, `postgresql:` and `mysql:`; on `mysql:` every table of the database must be InnoDB (Begin, and a CREATE
+/// or ALTER run in a unit of work, fail with kFailedPrecondition naming a non-transactional table), and DDL commits
+/// the transaction implicitly (see src/store/mysql/mysql_uow.hpp).
 ///
 /// Thread-safety: a UnitOfWork is used by one thread. On `sqlite:` it holds the database's write lock from Begin()
 /// to Commit()/rollback, so other writers (appends through the same store included) wait: keep units of work short.

@@ -1,6 +1,7 @@
 // Consumers on the local: broker: exactly-once effect through the inbox (duplicates acknowledged and skipped),
 // retries with backoff, dead letters with their error, and a consumer SIGKILLed mid-handler losing nothing and
-// applying nothing twice.
+// applying nothing twice — one message per unit of work, and batches (a failing message, a poison message and a
+// duplicate in a batch; a crash mid-batch).
 
 #include "keel/consumer.hpp"
 
@@ -11,7 +12,9 @@
 
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <random>
+#include <vector>
 #include <thread>
 
 #include "keel/outbox.hpp"
@@ -206,6 +209,150 @@ TEST_F(ConsumerTest, SigkilledConsumerLosesNothingAndAppliesNothingTwice) {
     EXPECT_EQ(uow.Query("SELECT count(DISTINCT foo_id) FROM bars").value().Int(0, 0).value(), kMessages);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Batches: several deliveries in one unit of work, acknowledged together.
+
+TEST_F(ConsumerTest, BatchedConsumerGivesEachMessageOneEffect) {
+    Publish(120);
+    auto options = Options();
+    options.max_batch = 32;
+    auto consumer = Consumer::Start(*store_, *broker_, "foo-events", "bar", InsertBar, options).value();
+    ASSERT_TRUE(WaitUntil([&] { return consumer->stats().handled == 120; }));
+    consumer->Stop();
+    EXPECT_EQ(Bars(), 120);
+    EXPECT_EQ(Bars("foo_id = 'foo-77'"), 1);
+    EXPECT_EQ(consumer->stats().duplicates, 0);
+    EXPECT_EQ(consumer->stats().retries, 0);
+}
+
+TEST_F(ConsumerTest, AFailingMessageInABatchDoesNotSinkTheOthers) {
+    Publish(10);
+    auto broker_consumer = broker_->Consume("foo-events", "bar", Options().consume).value();
+    auto batch = broker_consumer->ReceiveBatch(10, std::chrono::seconds(2)).value();
+    ASSERT_EQ(batch.size(), 10u);  // one per key: all ten are heads
+    std::map<std::string, int> calls;
+    auto handler = [&](UnitOfWork& uow, const Delivery& d) -> Status {
+        KEEL_RETURN_IF_ERROR(InsertBar(uow, d));  // foo-3's row is written, then rolled back with its batch
+        if (d.message.payload == "foo-3" && ++calls[d.message.payload] == 1) return Status::Unavailable("flaky");
+        if (d.message.payload != "foo-3") ++calls[d.message.payload];
+        return Status::Ok();
+    };
+    auto outcomes = HandleDeliveries(*store_, *broker_consumer, batch, handler, Options());
+    ASSERT_TRUE(outcomes.ok()) << outcomes.status().ToString();
+    EXPECT_EQ(*outcomes, std::vector<DeliveryOutcome>(10, DeliveryOutcome::kHandled));
+    EXPECT_EQ(Bars(), 10);
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(Bars("foo_id = 'foo-" + std::to_string(i) + "'"), 1) << i;
+    EXPECT_EQ(calls["foo-3"], 2);  // its batch try, then once on its own
+    EXPECT_EQ(calls["foo-0"], 2);  // in the rolled-back batch, then on its own
+    EXPECT_EQ(calls["foo-9"], 1);  // never reached in the batch
+    EXPECT_FALSE(broker_consumer->Receive(std::chrono::milliseconds(400)).value().has_value());  // all acked
+}
+
+TEST_F(ConsumerTest, APoisonMessageInABatchIsDeadLetteredAndTheRestHandled) {
+    Publish(6);
+    auto handler = [](UnitOfWork& uow, const Delivery& d) -> Status {
+        if (d.message.payload == "foo-2") return Status::InvalidArgument("cannot parse foo-2");
+        return InsertBar(uow, d);
+    };
+    auto options = Options();
+    options.max_batch = 6;
+    options.max_attempts = 2;  // the batch try counts as the first
+    auto consumer = Consumer::Start(*store_, *broker_, "foo-events", "bar", handler, options).value();
+    ASSERT_TRUE(WaitUntil([&] { return consumer->stats().handled == 5 && consumer->stats().dead_lettered == 1; }));
+    consumer->Stop();
+    EXPECT_EQ(Bars(), 5);
+    EXPECT_EQ(Bars("foo_id = 'foo-2'"), 0);
+    EXPECT_EQ(consumer->stats().retries, 1);
+    auto dead = broker_->ListDeadLetters("foo-events", "bar").value();
+    ASSERT_EQ(dead.size(), 1u);
+    EXPECT_EQ(dead[0].message.payload, "foo-2");
+    EXPECT_NE(dead[0].error.find("after 2 attempts"), std::string::npos) << dead[0].error;
+}
+
+TEST_F(ConsumerTest, ADuplicateInABatchIsSkippedAndAcknowledged) {
+    Publish(5);
+    auto options = Options();  // visibility timeout 300 ms
+    LossyAckConsumer consumer(broker_->Consume("foo-events", "bar", options.consume).value());
+    auto first = consumer.Receive(std::chrono::seconds(2)).value();
+    ASSERT_TRUE(first.has_value());
+    consumer.lose_next_ack = true;
+    EXPECT_EQ(HandleDelivery(*store_, consumer, *first, InsertBar, options).value(), DeliveryOutcome::kHandled);
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));  // the lost ack's delivery is due again
+    auto batch = consumer.ReceiveBatch(10, std::chrono::seconds(2)).value();
+    ASSERT_EQ(batch.size(), 5u);
+    ASSERT_EQ(batch[0].message.message_id, first->message.message_id);  // the oldest comes first
+    EXPECT_GE(batch[0].attempt, 2);
+    int calls = 0;
+    auto counting = [&](UnitOfWork& uow, const Delivery& d) {
+        ++calls;
+        return InsertBar(uow, d);
+    };
+    auto outcomes = HandleDeliveries(*store_, consumer, batch, counting, options);
+    ASSERT_TRUE(outcomes.ok()) << outcomes.status().ToString();
+    std::vector<DeliveryOutcome> expected(5, DeliveryOutcome::kHandled);
+    expected[0] = DeliveryOutcome::kDuplicate;
+    EXPECT_EQ(*outcomes, expected);
+    EXPECT_EQ(calls, 4);
+    EXPECT_EQ(Bars(), 5);
+    EXPECT_FALSE(consumer.Receive(std::chrono::milliseconds(500)).value().has_value());  // the duplicate was acked
+}
+
+// A consumer process is SIGKILLed in the middle of a batch, after several of its handlers wrote: nothing of the batch
+// is applied, and all of it is delivered again and handled once.
+TEST_F(ConsumerTest, CrashMidBatchAppliesNothingAndEverythingIsRedelivered) {
+    Publish(10);
+    broker_.reset();
+    store_.reset();
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::close(ready[0]);
+        auto store = OpenStore(store_uri_);
+        auto broker = OpenBroker(broker_uri_);
+        if (!store.ok() || !broker.ok()) ::_exit(3);
+        int calls = 0;
+        auto stalling = [&](UnitOfWork& uow, const Delivery& d) -> Status {
+            KEEL_RETURN_IF_ERROR(InsertBar(uow, d));
+            if (++calls == 5) {
+                const char byte = 'x';
+                if (::write(ready[1], &byte, 1) != 1) ::_exit(5);
+                std::this_thread::sleep_for(std::chrono::seconds(30));  // killed here, mid-batch
+            }
+            return Status::Ok();
+        };
+        auto options = Options();
+        options.max_batch = 10;
+        auto consumer = Consumer::Start(**store, **broker, "foo-events", "bar", stalling, options);
+        if (!consumer.ok()) ::_exit(4);
+        std::this_thread::sleep_for(std::chrono::seconds(30));
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    char byte = 0;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the child never reached its fifth handler";
+    ::close(ready[0]);
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << status;
+
+    store_ = OpenStore(store_uri_).value();
+    broker_ = OpenBroker(broker_uri_).value();
+    EXPECT_EQ(Bars(), 0);  // four handlers wrote, none of it committed
+    auto options = Options();
+    options.max_batch = 10;
+    auto consumer = Consumer::Start(*store_, *broker_, "foo-events", "bar", InsertBar, options).value();
+    ASSERT_TRUE(WaitUntil([&] { return consumer->stats().handled == 10; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a redelivery still due would show now
+    consumer->Stop();
+    EXPECT_EQ(Bars(), 10);
+    auto uow = UnitOfWork::Begin(*store_).value();
+    EXPECT_EQ(uow.Query("SELECT count(DISTINCT foo_id) FROM bars").value().Int(0, 0).value(), 10);
+    EXPECT_EQ(consumer->stats().duplicates, 0);
+}
+
 TEST(ConsumerOptionsTest, BadOptionsAndStoresWithoutTransactionsAreRefused) {
     auto dir = std::filesystem::temp_directory_path() / ("keel_consumer_opts_" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
@@ -220,6 +367,11 @@ TEST(ConsumerOptionsTest, BadOptionsAndStoresWithoutTransactionsAreRefused) {
     EXPECT_EQ(Consumer::Start(*sqlite, *broker, "d", "g", handler, o).status().code(), StatusCode::kInvalidArgument);
     o.name = "c";
     o.max_attempts = 0;
+    EXPECT_EQ(Consumer::Start(*sqlite, *broker, "d", "g", handler, o).status().code(), StatusCode::kInvalidArgument);
+    o.max_attempts = 5;
+    o.max_batch = 0;
+    EXPECT_EQ(Consumer::Start(*sqlite, *broker, "d", "g", handler, o).status().code(), StatusCode::kInvalidArgument);
+    o.max_batch = 10'001;
     EXPECT_EQ(Consumer::Start(*sqlite, *broker, "d", "g", handler, o).status().code(), StatusCode::kInvalidArgument);
     broker.reset();
     std::filesystem::remove_all(dir);

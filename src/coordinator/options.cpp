@@ -9,7 +9,8 @@ std::string EncodeOptions(const TransOptions& o) {
                         {"retry_interval", o.retry_interval},   {"request_timeout", o.request_timeout},
                         {"retry_limit", o.retry_limit},         {"concurrent", o.concurrent},
                         {"branch_headers", o.branch_headers}};
-    return j.dump();
+    // Replace rather than throw on invalid UTF-8 (request parsing rejects it; this is the last line of defence).
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 TransOptions DecodeOptions(std::string_view text) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
 
@@ -30,7 +31,13 @@ const json* Field(const json& obj, std::string_view key) {
 Result<std::string> String(const json& obj, std::string_view key) {
     const json* v = Field(obj, key);
     if (v == nullptr || v->is_null()) return std::string();
-    if (v->is_string()) return v->get<std::string>();
+    if (v->is_string()) {
+        const auto& text = v->get_ref<const std::string&>();
+        if (text.find('\0') != std::string::npos) {
+            return Status::InvalidArgument(fmt::format("field '{}' contains a NUL character", key));
+        }
+        return text;
+    }
     return Status::InvalidArgument(fmt::format("field '{}' must be a string", key));
 }
 
@@ -146,6 +153,14 @@ Result<TransRequest> ParseTransRequest(std::string_view body, const Limits& limi
         for (auto& [k, v] : h->items()) {
             if (!v.is_string()) {
                 return Status::InvalidArgument(fmt::format("branch_headers['{}'] must be a string", k));
+            }
+            const auto& value = v.get_ref<const std::string&>();
+            bool bad_name = k.empty() || std::any_of(k.begin(), k.end(), [](char c) {
+                                return !std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_';
+                            });
+            if (bad_name || value.find_first_of(std::string("\r\n\0", 3)) != std::string::npos) {
+                return Status::InvalidArgument(
+                    "branch_headers: header names are letters, digits, '-' and '_', values have no line breaks");
             }
             o.branch_headers[k] = v.get<std::string>();
         }

@@ -72,6 +72,9 @@ class RelayImpl final : public Relay {
 public:
     RelayImpl(EventStore& store, Broker& broker, RelayOptions options)
         : store_(store), broker_(broker), options_(std::move(options)) {
+        // Commits by other processes wake the relay where the database can tell (PostgreSQL: LISTEN/NOTIFY);
+        // commits through this EventStore wake it in-process; poll_interval covers the rest.
+        watch_ = store_.backend().WatchOutbox([&store] { detail::StoreInternals::NotifyOutboxCommit(store); });
         thread_ = std::thread([this] { Run(); });
     }
     ~RelayImpl() override { Stop(); }
@@ -86,6 +89,7 @@ public:
         cv_.notify_all();
         std::lock_guard join(join_mu_);
         if (thread_.joinable()) thread_.join();
+        watch_.reset();
     }
 
     Status Drain(std::chrono::milliseconds timeout) override {
@@ -168,6 +172,7 @@ private:
     bool stopping_ = false;
     std::atomic<bool> stop_{false};
     RelayStats stats_;
+    std::unique_ptr<detail::OutboxWatch> watch_;
     std::thread thread_;
 };
 

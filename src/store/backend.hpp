@@ -56,6 +56,12 @@ struct OutboxRow {
     int64_t created_at = 0;
 };
 
+// A running watch for outbox commits (StoreBackend::WatchOutbox); destroying it stops it.
+class OutboxWatch {
+public:
+    virtual ~OutboxWatch() = default;
+};
+
 inline Status NoOutbox() {
     return Status::NotSupported("this event store has no transactional outbox (it has no transactions)");
 }
@@ -116,6 +122,14 @@ public:
         return NoOutbox();
     }
     virtual Result<OutboxStats> GetOutboxStats() { return NoOutbox(); }
+    // Watches for outbox rows committed through other connections and processes: calls `on_commit` (from a thread
+    // of the watch's own, at least once after each such commit and once after every reconnect, when one may have
+    // been missed) until the returned watch is destroyed. Null when the database cannot tell (the relay then only
+    // polls). PostgreSQL: LISTEN/NOTIFY.
+    virtual std::unique_ptr<OutboxWatch> WatchOutbox(std::function<void()> on_commit) {
+        (void)on_commit;
+        return nullptr;
+    }
 
     // Begins a unit of work's transaction. kNotSupported for backends without transactions.
     virtual Result<std::unique_ptr<TransactionBackend>> BeginTransaction() {

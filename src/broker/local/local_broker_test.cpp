@@ -1,6 +1,7 @@
 // local: broker tests: the broker conformance suites instantiated for local:, and what only local: has — URI forms,
 // the file (WAL, schema version, foreign files, sharing a file with the sqlite: event store), retention, stale acks,
-// per-key failure in a batch, publish timeouts under another process's lock, and wake-ups within one Broker object.
+// per-key failure in a batch, batched receive and acknowledgement, publish timeouts under another process's lock, and
+// wake-ups within one Broker object and across the Broker objects of one process.
 
 #include <chrono>
 #include <filesystem>
@@ -409,6 +410,39 @@ TEST_F(LocalBroker, PublishTimesOutWhileAnotherConnectionHoldsTheWriteLock) {
     EXPECT_EQ(d->message.payload, "y");
 }
 
+TEST_F(LocalBroker, ReceiveBatchTakesOneHeadPerKeyInPublishOrderAndAckBatchSettlesThem) {
+    KEEL_ASSERT_OK(broker_->Declare("d", "g"));
+    auto consumer = broker_->Consume("d", "g").value();
+    for (const char* key_seq : {"a:0", "a:1", "b:0", "c:0", "b:1"}) {
+        KEEL_ASSERT_OK(broker_->PublishReliable(MakeMessage("d", std::string(key_seq, 1), key_seq), 5s));
+    }
+    auto first = consumer->ReceiveBatch(10, 5s);
+    ASSERT_TRUE(first.ok()) << first.status().ToString();
+    std::vector<std::string> payloads;
+    for (const Delivery& d : *first) payloads.push_back(d.message.payload);
+    EXPECT_EQ(payloads, (std::vector<std::string>{"a:0", "b:0", "c:0"}));  // a:1 and b:1 wait for their heads
+    EXPECT_FALSE(consumer->Receive(0ms).value().has_value());
+
+    const std::vector<Status> acked = consumer->AckBatch(*first);
+    ASSERT_EQ(acked.size(), 3u);
+    for (const Status& s : acked) EXPECT_TRUE(s.ok()) << s.ToString();
+    auto second = consumer->ReceiveBatch(1, 5s);  // capped at 1 although two are ready
+    ASSERT_TRUE(second.ok()) << second.status().ToString();
+    ASSERT_EQ(second->size(), 1u);
+    EXPECT_EQ(second->front().message.payload, "a:1");
+
+    // An already acknowledged delivery in a batch is refused alone; the rest of the batch is acknowledged.
+    const Delivery both[] = {first->front(), second->front()};
+    const std::vector<Status> mixed = consumer->AckBatch(both);
+    ASSERT_EQ(mixed.size(), 2u);
+    EXPECT_EQ(mixed[0].code(), StatusCode::kFailedPrecondition) << mixed[0].ToString();
+    EXPECT_TRUE(mixed[1].ok()) << mixed[1].ToString();
+    auto last = consumer->ReceiveBatch(10, 5s).value();
+    ASSERT_EQ(last.size(), 1u);
+    EXPECT_EQ(last[0].message.payload, "b:1");
+    EXPECT_TRUE(consumer->ReceiveBatch(10, 0ms).value().empty());  // b:1 is held, nothing else is left
+}
+
 // Receive polls the file for other processes' publishes (at most every poll_ms), but a publish through the same
 // Broker object wakes it at once.
 TEST(LocalBrokerWakeUp, APublishThroughTheSameBrokerWakesReceiveAtOnce) {
@@ -422,6 +456,27 @@ TEST(LocalBrokerWakeUp, APublishThroughTheSameBrokerWakesReceiveAtOnce) {
         std::this_thread::sleep_for(2500ms);
         published = steady_clock::now();
         EXPECT_TRUE(broker->PublishReliable(MakeMessage("d", "k", "x"), 5s).ok());
+    });
+    auto d = consumer->Receive(20s);
+    const auto received = steady_clock::now();
+    publisher.join();
+    ASSERT_TRUE(d.ok() && d->has_value());
+    EXPECT_LT(received - published, 1s);
+}
+
+// Broker objects of one process on the same file share their wake-ups: a relay and a consumer that opened the
+// broker separately do not wait for the poll.
+TEST(LocalBrokerWakeUp, APublishThroughAnotherBrokerObjectOfTheProcessWakesReceiveAtOnce) {
+    TempDir dir("keel-local-wake");
+    auto broker = MustOpen(Uri(dir / "b.db", "?poll_ms=10000"));
+    auto other = MustOpen(Uri(dir / "." / "b.db"));  // the same file under another spelling
+    KEEL_ASSERT_OK(broker->Declare("d", "g"));
+    auto consumer = broker->Consume("d", "g").value();
+    steady_clock::time_point published;
+    std::thread publisher([&] {
+        std::this_thread::sleep_for(2500ms);  // Receive's polling has backed off to seconds by now
+        published = steady_clock::now();
+        EXPECT_TRUE(other->PublishReliable(MakeMessage("d", "k", "x"), 5s).ok());
     });
     auto d = consumer->Receive(20s);
     const auto received = steady_clock::now();

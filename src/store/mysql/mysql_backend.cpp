@@ -13,6 +13,7 @@
 
 #include "store/mysql/mysql_conn.hpp"
 #include "store/mysql/mysql_uri.hpp"
+#include "store/mysql/mysql_uow.hpp"
 #include "store/mysql/schema.hpp"
 
 namespace keel::detail {
@@ -119,7 +120,6 @@ std::string UpsertVersionsSql(size_t n) {
 }
 
 #undef KEEL_MYSQL_EVENT_COLUMNS
-#undef KEEL_MYSQL_STREAM_COLUMNS
 
 // Lists of parameters (IN lists, VALUES rows) are padded by repeating the last item to a power of two, so that few
 // statement shapes get prepared and cached.
@@ -181,6 +181,28 @@ int64_t ToInt(const std::optional<std::string>& text) {
     if (text) std::from_chars(text->data(), text->data() + text->size(), value);
     return value;
 }
+
+std::optional<int64_t> ToOptInt(const std::optional<std::string>& text) {
+    return text ? std::optional<int64_t>(ToInt(text)) : std::nullopt;
+}
+
+// A keel_streams row read over the text protocol (the columns of KEEL_MYSQL_STREAM_COLUMNS).
+StreamInfo DecodeStreamRow(const mysql::Row& row) {
+    StreamInfo info;
+    info.stream_id = row.at(0).value_or("");
+    info.version = ToInt(row.at(1));
+    info.state = static_cast<StreamState>(ToInt(row.at(2)));
+    info.metadata.max_count = ToOptInt(row.at(3));
+    if (auto age = ToOptInt(row.at(4))) info.metadata.max_age = std::chrono::microseconds(*age);
+    info.metadata.truncate_before = ToOptInt(row.at(5));
+    info.metadata.custom = row.at(6).value_or("");
+    info.updated_at = ToInt(row.at(7));
+    return info;
+}
+
+// The largest batch (as SQL text) the fast append path sends; far below MariaDB's default max_allowed_packet
+// (16 MiB), so that a batch never makes the server drop the connection.
+constexpr size_t kFastPathMaxBytes = 4 << 20;
 
 Status Tombstoned(std::string_view stream) {
     return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
@@ -454,6 +476,20 @@ public:
         });
     }
 
+    // Units of work and the outbox relay's side: mysql_uow.cpp.
+    Result<std::unique_ptr<TransactionBackend>> BeginTransaction() override { return units_.Begin(); }
+    Result<bool> AcquireLease(std::string_view n, std::string_view o, int64_t now, int64_t until) override {
+        return units_.AcquireLease(n, o, now, until);
+    }
+    Status ReleaseLease(std::string_view n, std::string_view o) override { return units_.ReleaseLease(n, o); }
+    Result<std::vector<OutboxRow>> PendingOutbox(size_t limit) override { return units_.PendingOutbox(limit); }
+    Status MarkPublished(std::string_view l, std::string_view o, std::span<const int64_t> p, int64_t now) override {
+        return units_.MarkPublished(l, o, p, now);
+    }
+    Result<int64_t> RepublishOutbox(int64_t from) override { return units_.RepublishOutbox(from); }
+    Result<int64_t> PurgeOutbox(int64_t before) override { return units_.PurgeOutbox(before); }
+    Result<OutboxStats> GetOutboxStats() override { return units_.GetOutboxStats(); }
+
     void SetHooks(MysqlTestHooks hooks) {
         std::lock_guard lock(write_mu_);
         hooks_ = std::move(hooks);
@@ -549,14 +585,17 @@ private:
         return c.broken() || c.last_error() == ER_LOCK_WAIT_TIMEOUT || c.last_error() == ER_LOCK_DEADLOCK;
     }
 
+    using StreamRows = std::map<std::string, std::optional<StreamInfo>, std::less<>>;
+
     // One attempt at the whole batch in one transaction. kConnectionLost: the results are meaningless and `lost`
     // says why; requests whose COMMIT was sent are flagged in `maybe_committed`.
     //
-    // Round trips are what a batch costs, so the stream rows of the whole batch are locked and read with one
-    // SELECT … FOR UPDATE, each request is checked against that view (updated by the requests before it), and
-    // the new stream versions are written with one upsert before COMMIT. A request of one event needs no
-    // savepoint: its INSERT either happens or fails as a whole; a request of several events gets one, and a
-    // failure after its first row rolls back to it.
+    // Round trips are what a batch costs. The usual batch takes two, whatever its size (FastAppend): one
+    // multi-statement that starts the transaction, takes the sequencer, reads the last recorded_at and locks the
+    // stream rows of the batch; then, each request checked in memory against those rows as the requests before it
+    // left them, one multi-statement with a multi-row INSERT of every accepted event, one upsert of the stream
+    // versions and COMMIT. A batch the fast path cannot take (text that is not UTF-8, a very large batch) or whose
+    // INSERT fails (an event id stored already, a value the column refuses) goes request by request (AppendEach).
     Attempt TryAppendBatch(std::span<AppendRequest* const> batch, std::vector<char>& maybe_committed, Status& lost) {
         auto w = Writer();
         if (!w.ok()) {
@@ -566,13 +605,23 @@ private:
             return Attempt::kDone;
         }
         Conn& c = **w;
+        if (FastPathFits(batch)) return FastAppend(c, batch, maybe_committed, lost);
         auto now = BeginAppend(c);
         if (!now.ok()) return Abort(c, batch, now.status(), lost);
         auto streams = LockStreams(c, batch);
         if (!streams.ok()) return Abort(c, batch, streams.status(), lost);
+        return AppendEach(c, batch, std::move(*streams), *now, maybe_committed, lost);
+    }
+
+    // Request by request inside the open transaction (sequencer and stream rows locked, `streams` as read). A
+    // request of one event needs no savepoint: its INSERT either happens or fails as a whole; a request of several
+    // events gets one, and a failure after its first row rolls back to it. Then one upsert of the stream versions
+    // and COMMIT.
+    Attempt AppendEach(Conn& c, std::span<AppendRequest* const> batch, StreamRows streams, int64_t now,
+                       std::vector<char>& maybe_committed, Status& lost) {
         std::vector<std::string_view> touched;
         for (AppendRequest* r : batch) {
-            std::optional<StreamInfo>& info = streams->find(r->stream)->second;
+            std::optional<StreamInfo>& info = streams.find(r->stream)->second;
             const bool savepoint = r->events.size() > 1;
             if (savepoint) {
                 if (Status s = c.Exec("SAVEPOINT keel_append", "setting a savepoint"); !s.ok()) {
@@ -580,7 +629,7 @@ private:
                 }
             }
             bool wrote = false;
-            r->result = AppendOne(c, *r, info ? &*info : nullptr, *now, wrote);
+            r->result = AppendOne(c, *r, info ? &*info : nullptr, now, wrote);
             if (!r->result.ok() && EndsTransaction(c)) return Abort(c, batch, r->result.status(), lost);
             if (!r->result.ok() && wrote) {
                 if (Status s = c.Exec("ROLLBACK TO SAVEPOINT keel_append", "rolling back"); !s.ok()) {
@@ -588,7 +637,7 @@ private:
                 }
             }
             if (r->result.ok() && !r->result->already_present) {
-                Advance(info, r->stream, r->result->next_expected_version, *now);
+                Advance(info, r->stream, r->result->next_expected_version, now);
                 if (std::find(touched.begin(), touched.end(), r->stream) == touched.end()) touched.push_back(r->stream);
             }
         }
@@ -596,11 +645,216 @@ private:
             Rollback(c);  // nothing to make durable
             return Attempt::kDone;
         }
-        if (Status s = UpsertVersions(c, touched, *streams, *now); !s.ok()) return Abort(c, batch, s, lost);
+        if (Status s = UpsertVersions(c, touched, streams, now); !s.ok()) return Abort(c, batch, s, lost);
         return Commit(c, batch, maybe_committed, lost);
     }
 
-    using StreamRows = std::map<std::string, std::optional<StreamInfo>, std::less<>>;
+    // The fast path writes the batch's values as SQL literals: only text that is valid UTF-8 (anything else must be
+    // refused per request, as the prepared path does), and only up to a size far below max_allowed_packet.
+    static bool FastPathFits(std::span<AppendRequest* const> batch) {
+        size_t bytes = 0;
+        for (const AppendRequest* r : batch) {
+            if (!IsUtf8(r->stream)) return false;
+            bytes += 2 * r->stream.size() + 64;
+            for (const EventData& e : r->events) {
+                if (!IsUtf8(e.type) || !IsUtf8(e.metadata)) return false;
+                bytes += 2 * (r->stream.size() + e.type.size() + e.data.size() + e.metadata.size()) + 128;
+            }
+        }
+        return bytes <= kFastPathMaxBytes;
+    }
+
+    static bool IsUtf8(std::string_view s) {
+        size_t i = 0;
+        const size_t n = s.size();
+        while (i < n) {
+            const auto c = static_cast<unsigned char>(s[i]);
+            if (c < 0x80) {
+                ++i;
+                continue;
+            }
+            size_t len = 0;
+            uint32_t cp = 0;
+            if ((c & 0xE0) == 0xC0) {
+                len = 2;
+                cp = c & 0x1F;
+            } else if ((c & 0xF0) == 0xE0) {
+                len = 3;
+                cp = c & 0x0F;
+            } else if ((c & 0xF8) == 0xF0) {
+                len = 4;
+                cp = c & 0x07;
+            } else {
+                return false;
+            }
+            if (i + len > n) return false;
+            for (size_t k = 1; k < len; ++k) {
+                const auto d = static_cast<unsigned char>(s[i + k]);
+                if ((d & 0xC0) != 0x80) return false;
+                cp = (cp << 6) | (d & 0x3F);
+            }
+            if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+                (cp >= 0xD800 && cp <= 0xDFFF)) {
+                return false;
+            }
+            i += len;
+        }
+        return true;
+    }
+
+    // Round trip 1: START TRANSACTION, the sequencer, the commit time (now, but never before the last recorded
+    // event), the stream rows of the batch locked. Round trip 2: the events, the stream versions and COMMIT (the
+    // server runs no statement after one that failed, so a failed INSERT leaves the transaction open).
+    Attempt FastAppend(Conn& c, std::span<AppendRequest* const> batch, std::vector<char>& maybe_committed,
+                       Status& lost) {
+        if (Status s = c.EnableMultiStatements(); !s.ok()) return Abort(c, batch, s, lost);
+        StreamRows streams;
+        std::string sql =
+            "START TRANSACTION; SELECT id, @@auto_increment_increment FROM keel_sequencer WHERE id = 1 FOR UPDATE; "
+            "SELECT recorded_at FROM keel_events ORDER BY global_position DESC LIMIT 1; "
+            "SELECT " KEEL_MYSQL_STREAM_COLUMNS " FROM keel_streams WHERE stream_id IN (";
+        for (const AppendRequest* r : batch) {
+            if (!streams.try_emplace(std::string(r->stream)).second) continue;
+            if (streams.size() > 1) sql += ", ";
+            mysql::AppendQuoted(c.get(), sql, r->stream);
+        }
+        sql += ") FOR UPDATE";
+        auto begun = c.MultiQuery(sql, "starting an append transaction");
+        if (!begun.ok()) return Abort(c, batch, begun.status(), lost);
+        if (begun->size() != 4 || (*begun)[1].rows.empty()) {
+            Rollback(c);
+            FailAll(batch, Status::Corruption(fmt::format(
+                               "{}: keel_sequencer has no row with id 1, so appends cannot be serialized; restore it "
+                               "with INSERT INTO keel_sequencer (id) VALUES (1)",
+                               c.where())));
+            return Attempt::kDone;
+        }
+        const int64_t increment = std::max<int64_t>(ToInt((*begun)[1].rows[0].at(1)), 1);
+        const int64_t now =
+            std::max(NowMicros(), (*begun)[2].rows.empty() ? int64_t{0} : ToInt((*begun)[2].rows[0].at(0)));
+        for (const mysql::Row& row : (*begun)[3].rows) {
+            StreamInfo info = DecodeStreamRow(row);
+            streams[info.stream_id] = std::move(info);
+        }
+        const StreamRows as_read = streams;
+
+        // Check each request against the rows as the requests before it left them.
+        std::vector<int64_t> first_version(batch.size(), -1);  // -1: not written by the fast path
+        std::vector<std::string_view> touched;
+        size_t rows = 0;
+        for (size_t i = 0; i < batch.size(); ++i) {
+            AppendRequest& r = *batch[i];
+            std::optional<StreamInfo>& info = streams.find(r.stream)->second;
+            const StreamInfo* current = info ? &*info : nullptr;
+            if (Status s = CheckExpected(r.stream, r.expected, current); !s.ok()) {
+                if (s.code() == StatusCode::kWrongExpectedVersion) {
+                    auto replay = MatchStoredAppend(r.stream, r.expected, r.events,
+                                                    [&c](const Uuid& id) { return LookupEventId(c, id); });
+                    if (!replay.ok() && EndsTransaction(c)) return Abort(c, batch, replay.status(), lost);
+                    if (!replay.ok()) {
+                        r.result = replay.status();
+                    } else if (replay->has_value()) {
+                        r.result = **replay;
+                    } else {
+                        r.result = s;
+                    }
+                } else {
+                    r.result = s;
+                }
+                continue;
+            }
+            const int64_t version = current != nullptr ? current->version : -1;
+            first_version[i] = version + 1;
+            rows += r.events.size();
+            Advance(info, r.stream, version + static_cast<int64_t>(r.events.size()), now);
+            if (std::find(touched.begin(), touched.end(), r.stream) == touched.end()) touched.push_back(r.stream);
+        }
+        if (touched.empty()) {
+            Rollback(c);  // nothing to make durable
+            return Attempt::kDone;
+        }
+
+        sql =
+            "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) VALUES ";
+        const std::string now_text = std::to_string(now);
+        bool first_row = true;
+        for (size_t i = 0; i < batch.size(); ++i) {
+            if (first_version[i] < 0) continue;
+            const AppendRequest& r = *batch[i];
+            int64_t version = first_version[i];
+            for (const EventData& e : r.events) {
+                sql += first_row ? "(" : ", (";
+                first_row = false;
+                mysql::AppendHex(sql, e.event_id.bytes_view());
+                sql += ", ";
+                mysql::AppendQuoted(c.get(), sql, r.stream);
+                sql += ", " + std::to_string(version++) + ", ";
+                mysql::AppendQuoted(c.get(), sql, e.type);
+                sql += ", ";
+                mysql::AppendHex(sql, e.data);
+                sql += ", ";
+                mysql::AppendQuoted(c.get(), sql, e.metadata);
+                sql += ", " + now_text + ")";
+            }
+        }
+        sql += "; INSERT INTO keel_streams (stream_id, version, state, custom_metadata, updated_at) VALUES ";
+        for (size_t i = 0; i < touched.size(); ++i) {
+            sql += i == 0 ? "(" : ", (";
+            mysql::AppendQuoted(c.get(), sql, touched[i]);
+            sql += ", " + std::to_string(streams.find(touched[i])->second->version) + ", 0, '', " + now_text + ")";
+        }
+        sql += " ON DUPLICATE KEY UPDATE version = VALUES(version), state = 0, updated_at = VALUES(updated_at); COMMIT";
+        size_t failed = 0;
+        auto written = c.MultiQuery(sql, "inserting and committing events", &failed, hooks_.after_commit_sent);
+        if (!written.ok()) {
+            if (c.broken()) {
+                // COMMIT may have run: the retry finds out through the event ids.
+                for (size_t i = 0; i < batch.size(); ++i) {
+                    if (first_version[i] >= 0) maybe_committed[i] = 1;
+                }
+                lost = written.status();
+                return Attempt::kConnectionLost;
+            }
+            if (failed == 0 && !EndsTransaction(c)) {
+                // The INSERT wrote nothing (a statement fails as a whole) and the transaction is still open: go
+                // request by request, from the rows as read.
+                for (AppendRequest* r : batch) r->result = Status::Internal("append not processed");
+                return AppendEach(c, batch, as_read, now, maybe_committed, lost);
+            }
+            Rollback(c);
+            if (failed == 2 && written.status().code() != StatusCode::kUnavailable) {
+                sticky_ = Status::FailedPrecondition(
+                    fmt::format("an earlier commit failed ({}); the store refuses writes until it is reopened",
+                                written.status().message()));
+            }
+            for (size_t i = 0; i < batch.size(); ++i) {
+                if (first_version[i] >= 0 || failed < 2) batch[i]->result = written.status();
+            }
+            return Attempt::kDone;
+        }
+        const mysql::Conn::StatementResult& inserted = (*written)[0];
+        if (written->size() != 3 || inserted.affected_rows != rows || inserted.insert_id == 0) {
+            // Committed, but not as expected: this is not the schema keel made.
+            sticky_ = Status::Corruption(fmt::format(
+                "{}: the multi-row INSERT of {} events reported {} rows from position {}; the store refuses writes "
+                "until it is reopened",
+                c.where(), rows, inserted.affected_rows, inserted.insert_id));
+            FailAll(batch, sticky_);
+            return Attempt::kDone;
+        }
+        int64_t position = static_cast<int64_t>(inserted.insert_id);
+        for (size_t i = 0; i < batch.size(); ++i) {
+            if (first_version[i] < 0) continue;
+            const auto n = static_cast<int64_t>(batch[i]->events.size());
+            AppendResult result;
+            result.first_position = position;
+            result.last_position = position + (n - 1) * increment;
+            result.next_expected_version = first_version[i] + n - 1;
+            position += n * increment;
+            batch[i]->result = result;
+        }
+        return Attempt::kDone;
+    }
 
     // Locks and reads the keel_streams rows of every stream in the batch (nullopt: no row yet).
     static Result<StreamRows> LockStreams(Conn& c, std::span<AppendRequest* const> batch) {
@@ -827,6 +1081,7 @@ private:
     std::chrono::milliseconds retry_budget_;
     Status sticky_;
     MysqlTestHooks hooks_;
+    MysqlUnitsOfWork units_{config_};
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -961,3 +1216,5 @@ Status SetMysqlTestHooks(StoreBackend& backend, MysqlTestHooks hooks) {
 }
 
 }  // namespace keel::detail
+
+#undef KEEL_MYSQL_STREAM_COLUMNS

@@ -360,6 +360,58 @@ Result<std::vector<Row>> Conn::Query(std::string_view sql, std::string_view what
     return rows;
 }
 
+Status Conn::EnableMultiStatements() {
+    if (multi_statements_) return Status::Ok();
+    ResetError();
+    if (mysql_set_server_option(mysql_, MYSQL_OPTION_MULTI_STATEMENTS_ON) != 0) {
+        return FailHere("enabling multi-statements");
+    }
+    multi_statements_ = true;
+    return Status::Ok();
+}
+
+Result<std::vector<Conn::StatementResult>> Conn::MultiQuery(std::string_view sql, std::string_view what, size_t* failed,
+                                                            const std::function<void(int)>& after_send) {
+    ResetError();
+    std::vector<StatementResult> out;
+    auto fail = [&] {
+        if (failed != nullptr) *failed = out.size();
+        return FailHere(what);
+    };
+    if (after_send) {
+        if (mysql_send_query(mysql_, sql.data(), sql.size()) != 0) return fail();
+        after_send(static_cast<int>(mysql_get_socket(mysql_)));
+        if (mysql_read_query_result(mysql_) != 0) return fail();
+    } else if (mysql_real_query(mysql_, sql.data(), sql.size()) != 0) {
+        return fail();
+    }
+    for (;;) {
+        StatementResult r;
+        if (MYSQL_RES* res = mysql_store_result(mysql_)) {
+            r.has_rows = true;
+            const unsigned int columns = mysql_num_fields(res);
+            while (MYSQL_ROW row = mysql_fetch_row(res)) {
+                const unsigned long* lengths = mysql_fetch_lengths(res);
+                Row values(columns);
+                for (unsigned int i = 0; i < columns; ++i) {
+                    if (row[i] != nullptr) values[i] = std::string(row[i], lengths[i]);
+                }
+                r.rows.push_back(std::move(values));
+            }
+            mysql_free_result(res);
+        } else if (mysql_field_count(mysql_) != 0) {
+            return fail();
+        } else {
+            r.affected_rows = mysql_affected_rows(mysql_);
+            r.insert_id = mysql_insert_id(mysql_);
+        }
+        out.push_back(std::move(r));
+        const int next = mysql_next_result(mysql_);
+        if (next < 0) return out;
+        if (next > 0) return fail();
+    }
+}
+
 Result<Stmt*> Conn::Prepared(std::string_view sql) {
     auto it = stmts_.find(sql);
     if (it != stmts_.end()) return it->second.get();
@@ -384,6 +436,33 @@ std::string Quote(MYSQL* mysql, std::string_view value) {
     out.resize(n + 1);
     out.push_back('\'');
     return out;
+}
+
+void AppendQuoted(MYSQL* mysql, std::string& out, std::string_view value) {
+    const size_t start = out.size();
+    out.resize(start + value.size() * 2 + 2);
+    out[start] = '\'';
+    const unsigned long n = mysql_real_escape_string(mysql, out.data() + start + 1, value.data(), value.size());
+    out.resize(start + 1 + n);
+    out.push_back('\'');
+}
+
+void AppendHex(std::string& out, std::string_view bytes) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    if (bytes.empty()) {
+        out += "''";
+        return;
+    }
+    const size_t start = out.size();
+    out.resize(start + 3 + bytes.size() * 2);
+    char* p = out.data() + start;
+    *p++ = 'X';
+    *p++ = '\'';
+    for (unsigned char c : bytes) {
+        *p++ = kDigits[c >> 4];
+        *p++ = kDigits[c & 0xF];
+    }
+    *p = '\'';
 }
 
 }  // namespace keel::detail::mysql

@@ -114,6 +114,23 @@ public:
     // As Exec, but calls `after_send(socket)` after the statement was sent and before the reply is read: the hook
     // through which tests break a connection at the worst moment (see SetMysqlTestHooks).
     Status ExecWithHook(std::string_view sql, std::string_view what, const std::function<void(int)>& after_send);
+    // What one statement of MultiQuery returned: its rows (when it is a query) or its affected rows and first
+    // AUTO_INCREMENT value.
+    struct StatementResult {
+        bool has_rows = false;
+        std::vector<Row> rows;
+        uint64_t affected_rows = 0;
+        uint64_t insert_id = 0;
+    };
+    // Allows MultiQuery on this connection (one COM_SET_OPTION round trip; idempotent).
+    Status EnableMultiStatements();
+    // Runs several statements separated by ';' over the text protocol in one round trip (EnableMultiStatements
+    // first) and returns each one's result, in order. When a statement fails, the server runs none after it: the
+    // error is returned and `*failed` (if given) says which statement it was (0-based). `after_send`, if set, is
+    // called as in ExecWithHook.
+    Result<std::vector<StatementResult>> MultiQuery(std::string_view sql, std::string_view what,
+                                                    size_t* failed = nullptr,
+                                                    const std::function<void(int)>& after_send = {});
     // The statement for `sql`, prepared on first use and cached for the life of the connection.
     Result<Stmt*> Prepared(std::string_view sql);
 
@@ -130,6 +147,7 @@ private:
     MYSQL* mysql_;
     std::string where_;
     bool broken_ = false;
+    bool multi_statements_ = false;
     unsigned int last_error_ = 0;
     struct Hash {
         using is_transparent = void;
@@ -140,5 +158,9 @@ private:
 
 // Quotes `value` as an SQL string literal for this connection's character set.
 std::string Quote(MYSQL* mysql, std::string_view value);
+// Appends `value` to `out` as an SQL string literal for this connection's character set ('…', escaped).
+void AppendQuoted(MYSQL* mysql, std::string& out, std::string_view value);
+// Appends `bytes` to `out` as a hexadecimal literal (X'…'), which any column takes byte for byte.
+void AppendHex(std::string& out, std::string_view bytes);
 
 }  // namespace keel::detail::mysql

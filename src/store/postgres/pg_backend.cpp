@@ -9,6 +9,7 @@
 
 #include "store/pool.hpp"
 #include "store/postgres/pg_conn.hpp"
+#include "store/postgres/pg_outbox_watch.hpp"
 #include "store/postgres/pg_schema.hpp"
 
 namespace keel::detail {
@@ -101,6 +102,11 @@ std::vector<StmtDef> Statements() {
         {"append",
          "SELECT code, actual, first_pos, last_pos, next_version FROM keel_append($1, $2, $3, $4, $5, $6, $7, $8)",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        {"append_batch",
+         "SELECT o_code, o_actual, o_first, o_last, o_next FROM keel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+         "$10) ORDER BY o_ord",
+         {kTextArrayOid, kInt4ArrayOid, kInt8ArrayOid, kInt4ArrayOid, kInt4ArrayOid, kUuidArrayOid, kTextArrayOid,
+          kByteaArrayOid, kTextArrayOid, kInt8Oid}},
         {"lookup_id",
          "SELECT global_position, stream_id, stream_version, type, data, metadata FROM keel_events WHERE event_id = $1",
          {kUuidOid}},
@@ -239,6 +245,37 @@ Params AppendParams(const AppendRequest& r, int64_t now) {
     return p;
 }
 
+// The parameters of keel_append_batch for a whole batch: per request its stream, expectation and event count, per
+// event (flattened in request order) its request (1-based) and columns.
+Params BatchParams(std::span<AppendRequest* const> batch, int64_t now) {
+    std::vector<std::string_view> streams, ids, types, data, meta;
+    std::vector<int32_t> kinds, counts, req;
+    std::vector<int64_t> expected;
+    for (size_t k = 0; k < batch.size(); ++k) {
+        const AppendRequest& r = *batch[k];
+        streams.push_back(r.stream);
+        kinds.push_back(KindCode(r.expected));
+        expected.push_back(r.expected.version());
+        counts.push_back(static_cast<int32_t>(r.events.size()));
+        for (const EventData& e : r.events) {
+            req.push_back(static_cast<int32_t>(k + 1));
+            ids.push_back(e.event_id.bytes_view());
+            types.push_back(e.type);
+            data.push_back(e.data);
+            meta.push_back(e.metadata);
+        }
+    }
+    Params p;
+    p.Array(pg::kTextArrayOid, pg::kTextOid, streams).Int4Array(kinds).Int8Array(expected).Int4Array(counts);
+    p.Int4Array(req);
+    p.Array(pg::kUuidArrayOid, pg::kUuidOid, ids);
+    p.Array(pg::kTextArrayOid, pg::kTextOid, types);
+    p.Array(pg::kByteaArrayOid, pg::kByteaOid, data);
+    p.Array(pg::kTextArrayOid, pg::kTextOid, meta);
+    p.Int8(now);
+    return p;
+}
+
 Result<std::optional<StoredEventRef>> LookupEventId(Conn& conn, const Uuid& id) {
     auto r = conn.ExecPrepared("lookup_id", Params().Uuid(id));
     if (!r.ok()) return r.status();
@@ -253,19 +290,19 @@ Status Tombstoned(std::string_view stream) {
     return Status::StreamDeleted(fmt::format("stream '{}' was hard-deleted (tombstoned)", stream));
 }
 
-// Turns keel_append's result row into the append's result; ids reported stored are looked up on `conn` to tell an
-// idempotent re-send from a misuse.
-Result<AppendResult> DecideAppend(const AppendRequest& req, const PGresult* r, Conn& conn) {
-    const int32_t code = pg::GetInt4(r, 0, 0);
+// Turns row `row` of keel_append's (or keel_append_batch's) result into the append's result; ids reported stored are
+// looked up on `conn` to tell an idempotent re-send from a misuse.
+Result<AppendResult> DecideAppend(const AppendRequest& req, const PGresult* r, int row, Conn& conn) {
+    const int32_t code = pg::GetInt4(r, row, 0);
     if (code == 0) {
         AppendResult ok;
-        ok.first_position = pg::GetInt8(r, 0, 2);
-        ok.last_position = pg::GetInt8(r, 0, 3);
-        ok.next_expected_version = pg::GetInt8(r, 0, 4);
+        ok.first_position = pg::GetInt8(r, row, 2);
+        ok.last_position = pg::GetInt8(r, row, 3);
+        ok.next_expected_version = pg::GetInt8(r, row, 4);
         return ok;
     }
     if (code == 3) return Tombstoned(req.stream);
-    const int64_t actual = pg::IsNull(r, 0, 1) ? -1 : pg::GetInt8(r, 0, 1);
+    const int64_t actual = pg::IsNull(r, row, 1) ? -1 : pg::GetInt8(r, row, 1);
     auto replay =
         MatchStoredAppend(req.stream, req.expected, req.events, [&](const Uuid& id) { return LookupEventId(conn, id); });
     if (!replay.ok()) return replay.status();
@@ -324,6 +361,8 @@ public:
     }
 
     Status Begin() { return conn_->Exec("BEGIN"); }
+    // The NOTIFY that Commit sends first when outbox rows were written (pg::OutboxNotifySql).
+    void SetOutboxNotify(std::string sql) { outbox_notify_ = std::move(sql); }
 
     Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) override {
         auto r = Guarded([&] { return Run(sql, params); });
@@ -351,7 +390,7 @@ public:
         const int64_t now = NowMicros();
         auto r = conn_->ExecPrepared("append", AppendParams(request, now));
         if (!r.ok()) return r.status();  // the transaction is aborted: Commit will fail and roll back
-        auto decided = DecideAppend(request, r->get(), *conn_);
+        auto decided = DecideAppend(request, r->get(), 0, *conn_);
         if (decided.ok() && !decided->already_present) last_position_ = std::max(last_position_, decided->last_position);
         return decided;
     }
@@ -367,6 +406,7 @@ public:
         if (!r.ok() && r.status().code() == StatusCode::kAlreadyExists) {
             return Status::AlreadyExists(fmt::format("message id {} is in the outbox already", m.message_id.ToString()));
         }
+        if (r.ok()) outbox_written_ = true;
         return r.status();
     }
 
@@ -396,6 +436,7 @@ public:
     }
 
     Result<int64_t> Commit() override {
+        KEEL_RETURN_IF_ERROR(NotifyOutbox());
         open_ = false;
         KEEL_RETURN_IF_ERROR(conn_->Exec("COMMIT").WithContext("COMMIT of a unit of work"));
         return last_position_;
@@ -471,9 +512,18 @@ private:
         }
     }
 
+    // Outbox relay wake-ups (pg_outbox_watch.hpp): a transaction that wrote outbox rows notifies the relays'
+    // watches (PostgreSQL delivers it at commit, and only then).
+    Status NotifyOutbox() {
+        if (!outbox_written_ || outbox_notify_.empty()) return Status::Ok();
+        return conn_->Exec(outbox_notify_).WithContext("NOTIFY of a unit of work's outbox rows");
+    }
+
     Pool<Conn>::Lease conn_;
     int64_t last_position_ = 0;
     bool open_ = true;
+    std::string outbox_notify_;
+    bool outbox_written_ = false;
 };
 
 // How long an append batch keeps retrying through lost connections before giving up.
@@ -693,8 +743,13 @@ public:
             return BeginTransaction();
         }
         auto tx = std::make_unique<PgTransaction>(std::move(*lease));
+        tx->SetOutboxNotify(pg::OutboxNotifySql(cfg_.schema));
         KEEL_RETURN_IF_ERROR(tx->Begin());
         return std::unique_ptr<TransactionBackend>(std::move(tx));
+    }
+
+    std::unique_ptr<OutboxWatch> WatchOutbox(std::function<void()> on_commit) override {
+        return pg::StartOutboxWatch(cfg_.conninfo, cfg_.schema, std::move(on_commit));
     }
 
     Result<bool> AcquireLease(std::string_view name, std::string_view owner, int64_t now, int64_t until) override {
@@ -777,56 +832,24 @@ public:
     }
 
 private:
-    // One attempt at a batch: BEGIN, one keel_append per request, COMMIT — all in one pipeline. Returns non-OK only
-    // when the batch as a whole failed (every request's result is then left to the caller).
+    // One attempt at a batch: one keel_append_batch call (keel_append for a batch of one) in its own transaction
+    // (autocommit), so one round trip and one commit. Returns non-OK only when the batch as a whole failed (every
+    // request's result is then left to the caller).
     Status TryAppendBatch(std::span<AppendRequest* const> batch) {
         if (writer_ == nullptr) return Status::Unavailable("no connection to PostgreSQL");
-        PGconn* c = writer_->get();
         const int64_t now = std::max(NowMicros(), last_now_);
-        if (PQenterPipelineMode(c) != 1) return pg::ToStatus(c, nullptr, "entering pipeline mode");
-        auto exit_pipeline = [&] { PQexitPipelineMode(c); };
-        auto send = [&](const char* sql) {
-            return PQsendQueryParams(c, sql, 0, nullptr, nullptr, nullptr, nullptr, 1) == 1;
-        };
-        bool sent = send("BEGIN");
-        for (AppendRequest* r : batch) {
-            if (!sent) break;
-            Params p = AppendParams(*r, now);
-            sent = PQsendQueryPrepared(c, "append", p.size(), p.values(), p.lengths(), p.formats(), 1) == 1;
+        // A lone append calls keel_append, which has less to set up than keel_append_batch.
+        auto r = batch.size() == 1 ? writer_->ExecPrepared("append", AppendParams(*batch[0], now))
+                                   : writer_->ExecPrepared("append_batch", BatchParams(batch, now));
+        if (!r.ok()) return r.status();
+        if (PQntuples(r->get()) != static_cast<int>(batch.size())) {
+            return Status::Internal(fmt::format("keel_append(_batch) returned {} rows for {} appends",
+                                                PQntuples(r->get()), batch.size()));
         }
-        sent = sent && send("COMMIT") && PQpipelineSync(c) == 1;
-        if (!sent) {
-            Status s = pg::ToStatus(c, nullptr, "sending appends");
-            exit_pipeline();
-            return s;
-        }
-        // Results: BEGIN, one per request, COMMIT, then the sync marker.
-        std::vector<ResultPtr> results;
-        Status failure;
-        for (size_t i = 0; i < batch.size() + 2; ++i) {
-            ResultPtr r(PQgetResult(c));
-            if (!r) {
-                failure = pg::ToStatus(c, nullptr, "reading append results");
-                break;
-            }
-            while (PGresult* extra = PQgetResult(c)) PQclear(extra);  // the NULL that ends this query's results
-            const auto st = PQresultStatus(r.get());
-            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && failure.ok()) {
-                failure = pg::ToStatus(c, r.get(), i == 0 ? "BEGIN" : i == batch.size() + 1 ? "COMMIT" : "append");
-            }
-            results.push_back(std::move(r));
-        }
-        if (failure.ok() || !pg::IsConnectionLost(c)) {
-            ResultPtr sync(PQgetResult(c));
-            while (sync && PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC) sync.reset(PQgetResult(c));
-        }
-        exit_pipeline();
-        if (!failure.ok()) return failure;
         last_now_ = now;
-
         // Decide each request; ids already stored need lookups (after the commit: stored events are permanent).
         for (size_t i = 0; i < batch.size(); ++i) {
-            batch[i]->result = DecideAppend(*batch[i], results[i + 1].get(), *writer_);
+            batch[i]->result = DecideAppend(*batch[i], r->get(), static_cast<int>(i), *writer_);
         }
         return Status::Ok();
     }

@@ -81,6 +81,20 @@ Params& Params::TextArray(const std::vector<std::string>& elems) {
     return Array(kTextArrayOid, kTextOid, views);
 }
 
+Params& Params::Int4Array(const std::vector<int32_t>& elems) {
+    std::vector<std::string> bytes;
+    bytes.reserve(elems.size());
+    for (int32_t v : elems) bytes.push_back(BigEndian(static_cast<uint32_t>(v), 4));
+    return Array(kInt4ArrayOid, kInt4Oid, std::vector<std::string_view>(bytes.begin(), bytes.end()));
+}
+
+Params& Params::Int8Array(const std::vector<int64_t>& elems) {
+    std::vector<std::string> bytes;
+    bytes.reserve(elems.size());
+    for (int64_t v : elems) bytes.push_back(BigEndian(static_cast<uint64_t>(v), 8));
+    return Array(kInt8ArrayOid, kInt8Oid, std::vector<std::string_view>(bytes.begin(), bytes.end()));
+}
+
 bool IsNull(const PGresult* r, int row, int col) { return PQgetisnull(r, row, col) != 0; }
 
 int64_t GetInt8(const PGresult* r, int row, int col) {

@@ -25,6 +25,8 @@ inline constexpr Oid kUuidOid = 2950;
 inline constexpr Oid kTextArrayOid = 1009;
 inline constexpr Oid kByteaArrayOid = 1001;
 inline constexpr Oid kUuidArrayOid = 2951;
+inline constexpr Oid kInt4ArrayOid = 1007;
+inline constexpr Oid kInt8ArrayOid = 1016;
 
 struct ResultDeleter {
     void operator()(PGresult* r) const { PQclear(r); }
@@ -44,6 +46,8 @@ public:
     // A one-dimensional array without NULLs of `elem_oid` elements, each given as its binary value.
     Params& Array(Oid array_oid, Oid elem_oid, const std::vector<std::string_view>& elems);
     Params& TextArray(const std::vector<std::string>& elems);  // NULL when empty
+    Params& Int4Array(const std::vector<int32_t>& elems);
+    Params& Int8Array(const std::vector<int64_t>& elems);
 
     int size() const { return static_cast<int>(values_.size()); }
     const Oid* types() const { return types_.data(); }

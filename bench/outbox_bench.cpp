@@ -259,6 +259,54 @@ void Throughput(benchmark::State& state, Kind kind) {
     }
 }
 
+// The producers alone: the same units of work (event + outbox row) from the same threads, with no relay and no
+// consumer. On sqlite: a unit of work holds the write lock from Begin to Commit and commits alone (no group commit),
+// so this caps outbox/throughput whatever the broker.
+void CommitOnly(benchmark::State& state) {
+    const int64_t n = g_config.throughput_messages;
+    try {
+        for (auto _ : state) {
+            auto store = OpenKeel(NewDbPath("service"), Durability::kNormal);
+            const std::string dest = FreshDestination();
+            std::vector<std::thread> workers;
+            std::mutex error_mu;
+            std::string error;
+            const int threads = kKeys % g_config.producers == 0 ? g_config.producers : 1;
+            const auto t0 = Clock::now();
+            for (int t = 0; t < threads; ++t) {
+                workers.emplace_back([&, t] {
+                    EventData event;
+                    try {
+                        for (int64_t i = t; i < n; i += threads) {
+                            const int key = static_cast<int>(i % kKeys);
+                            FillEvent(event, i);
+                            auto uow = UnitOfWork::Begin(*store).value();
+                            Check(uow.Append(StreamName(key), ExpectedVersion::Any(),
+                                             std::span<const EventData>(&event, 1))
+                                      .status(),
+                                  "Append");
+                            Check(uow.Enqueue(Message{dest, StreamName(key), Uuid::Generate(),
+                                                      Payload(key, i / kKeys, 0), {}})
+                                      .status(),
+                                  "Enqueue");
+                            Check(uow.Commit(), "Commit");
+                        }
+                    } catch (const std::exception& e) {
+                        std::lock_guard lock(error_mu);
+                        error = e.what();
+                    }
+                });
+            }
+            for (std::thread& w : workers) w.join();
+            state.SetIterationTime(std::chrono::duration<double>(Clock::now() - t0).count());
+            if (!error.empty()) throw std::runtime_error(error);
+        }
+        state.SetItemsProcessed(n * static_cast<int64_t>(state.iterations()));
+    } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
 double Percentile(std::vector<double> v, double q) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
@@ -430,11 +478,13 @@ int main(int argc, char** argv) {
     reporter.Case("raw/publish/local", "local: PublishBatch, window 100");
     reporter.Ratio("outbox_throughput local", "outbox/throughput/local", "raw/publish/local", 0.7);
     reporter.Case("outbox/throughput/local", "producer's unit-of-work commit rate alone", "commits/s", "commits_per_s");
+    reporter.Case("uow/commit/sqlite", "the producers' units of work alone (no relay, no consumer): the cap");
     reporter.Case("outbox/latency/local", "commit-to-handler p50 at 500/s", "ms", "p50_ms");
     reporter.Case("outbox/latency/local", "commit-to-handler p99 at 500/s", "ms", "p99_ms");
     reporter.Ceiling("outbox_latency local p99 (worst run)", "outbox/latency/local", "p99_ms", 20.0, "ms");
     Register("outbox/throughput/local", [](benchmark::State& s) { Throughput(s, Kind::kLocal); });
     Register("raw/publish/local", RawLocal);
+    Register("uow/commit/sqlite", CommitOnly);
     Register("outbox/latency/local", [](benchmark::State& s) { Latency(s, Kind::kLocal); });
 #ifdef KEEL_BENCH_WITH_RABBITMQ
     if (rabbit) {

@@ -94,6 +94,16 @@ public:
 
     /// Moves the message to the group's dead-letter queue with `error`, and acknowledges it.
     virtual Status DeadLetter(const Delivery& delivery, std::string_view error) = 0;
+
+    /// Up to `max` deliveries: waits up to `timeout` for the first, then adds only those ready at once (never two of
+    /// one key, as Receive). Empty when none arrived in time; `max` of 0 is treated as 1. Errors as Receive; an error
+    /// after the first delivery ends the batch early instead (the next call reports it). The default calls Receive;
+    /// `local:` claims the whole batch in one transaction.
+    virtual Result<std::vector<Delivery>> ReceiveBatch(size_t max, std::chrono::milliseconds timeout);
+
+    /// Acknowledges several deliveries; returns one Status per delivery, in order, each as Ack's. The default calls
+    /// Ack for each; `local:` settles them all in one transaction.
+    virtual std::vector<Status> AckBatch(std::span<const Delivery> deliveries);
 };
 
 class Broker {

@@ -1,10 +1,13 @@
 // Brokers are found by URI scheme, like event stores (src/store/registry.cpp).
 
+#include "store/registry.hpp"
+
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "broker/backends.hpp"
-#include "store/registry.hpp"
 
 namespace keel {
 namespace {
@@ -36,6 +39,28 @@ std::vector<std::string> Schemes() {
 }
 
 }  // namespace
+
+// The defaults of the batch calls: one delivery at a time, for brokers that have nothing better.
+Result<std::vector<Delivery>> BrokerConsumer::ReceiveBatch(size_t max, std::chrono::milliseconds timeout) {
+    std::vector<Delivery> out;
+    auto first = Receive(timeout);
+    if (!first.ok()) return first.status();
+    if (!first->has_value()) return out;
+    out.push_back(std::move(**first));
+    while (out.size() < std::max<size_t>(max, 1)) {
+        auto next = Receive(std::chrono::milliseconds(0));
+        if (!next.ok() || !next->has_value()) break;  // an error shows again on the next call
+        out.push_back(std::move(**next));
+    }
+    return out;
+}
+
+std::vector<Status> BrokerConsumer::AckBatch(std::span<const Delivery> deliveries) {
+    std::vector<Status> out;
+    out.reserve(deliveries.size());
+    for (const Delivery& d : deliveries) out.push_back(Ack(d));
+    return out;
+}
 
 Result<std::unique_ptr<Broker>> OpenBroker(std::string_view uri, const BrokerOptions& options) {
     auto parsed = detail::ParseUri(uri);

@@ -5,17 +5,17 @@
 
 #include "keel/consumer.hpp"
 
-#include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <filesystem>
 #include <map>
 #include <random>
-#include <vector>
 #include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "keel/outbox.hpp"
 
@@ -42,9 +42,9 @@ private:
 class ConsumerTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        dir_ = std::filesystem::temp_directory_path() /
-               ("keel_consumer_" + std::to_string(::getpid()) + "_" +
-                ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        dir_ =
+            std::filesystem::temp_directory_path() / ("keel_consumer_" + std::to_string(::getpid()) + "_" +
+                                                      ::testing::UnitTest::GetInstance()->current_test_info()->name());
         std::filesystem::remove_all(dir_);
         std::filesystem::create_directories(dir_);
         store_uri_ = "sqlite://" + (dir_ / "bar.db").string();
@@ -72,8 +72,9 @@ protected:
         return uow.Query("SELECT count(*) FROM bars WHERE " + where).value().Int(0, 0).value();
     }
     static Status InsertBar(UnitOfWork& uow, const Delivery& d) {
-        return uow.Exec("INSERT INTO bars (foo_id, message_id) VALUES (?, ?)",
-                        {d.message.payload, Blob{std::string(d.message.message_id.bytes_view())}})
+        return uow
+            .Exec("INSERT INTO bars (foo_id, message_id) VALUES (?, ?)",
+                  {d.message.payload, Blob{std::string(d.message.message_id.bytes_view())}})
             .status();
     }
     static ConsumerOptions Options() {

@@ -5,8 +5,9 @@
 //   keel_broker_deliveries (the group's own delivery state: head flag, visible_at, attempt);
 // - per group and key only the oldest undone delivery is the key's *head*; only heads whose visible_at has passed
 //   can be received, so a key never has two deliveries in flight and its messages go out in publish order;
-// - Receive sets visible_at = now + visibility timeout and attempt + 1; Ack deletes the delivery and makes the next
-//   delivery of the key its head; Nack moves visible_at; DeadLetter copies the message to keel_broker_dead_letters;
+// - Receive sets visible_at = now + visibility timeout and attempt + 1 (ReceiveBatch does so for several heads in
+//   one transaction); Ack deletes the delivery and makes the next delivery of the key its head (AckBatch: several in
+//   one transaction); Nack moves visible_at; DeadLetter copies the message to keel_broker_dead_letters;
 // - a message row is deleted when its last group is done with it (`pending` counts the groups).
 //
 // One connection per Broker object, shared by its consumers and guarded by one mutex: calls of one process never
@@ -16,10 +17,13 @@
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -61,7 +65,9 @@ std::string Shorten(std::string_view s) {
 }
 
 // Destination and group names: broker/names.hpp.
-Status CheckName(std::string_view what, std::string_view name) { return ValidateBrokerName(what, name); }
+Status CheckName(std::string_view what, std::string_view name) {
+    return ValidateBrokerName(what, name);
+}
 
 Status CheckMessage(const Message& m) {
     KEEL_RETURN_IF_ERROR(CheckName("destination", m.destination));
@@ -184,6 +190,34 @@ Status Migrate(Db& db, const std::string& path) {
     return db.Exec("COMMIT");
 }
 
+// Wake-ups for Receive calls waiting in this process, shared by every Broker object of the process on the same
+// file (so a consumer hears of a publish made through another Broker object at once): bumped after every commit that
+// may make work visible. Other processes' commits are found by polling (poll_ms).
+struct Wake {
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t generation = 0;
+};
+
+std::shared_ptr<Wake> WakeFor(const std::string& path) {
+    static std::mutex registry_mu;
+    static std::map<std::string, std::weak_ptr<Wake>> registry;
+    std::error_code ec;
+    std::string key = std::filesystem::weakly_canonical(path, ec).string();
+    if (ec || key.empty()) key = path;
+    std::lock_guard lock(registry_mu);
+    for (auto it = registry.begin(); it != registry.end();) {  // forget files no Broker object has open
+        it = it->second.expired() ? registry.erase(it) : std::next(it);
+    }
+    std::weak_ptr<Wake>& slot = registry[key];
+    std::shared_ptr<Wake> wake = slot.lock();
+    if (!wake) {
+        wake = std::make_shared<Wake>();
+        slot = wake;
+    }
+    return wake;
+}
+
 // What a Broker object and its consumers share: the connection, its statements, and the wake-up signal.
 struct Core {
     std::mutex mu;  // guards everything below down to the statements
@@ -199,27 +233,41 @@ struct Core {
     Stmt insert_dead_letter, list_dead_letters, dead_letter_ids, replay_dead_letter, delete_dead_letter;
 
     milliseconds max_poll = kDefaultMaxPoll;
+    std::shared_ptr<Wake> wake;
 
-    // Wake-ups for Receive calls waiting in this process: bumped after every commit that may make work visible.
-    std::mutex wake_mu;
-    std::condition_variable wake_cv;
-    uint64_t generation = 0;
+    // The busy handler's state (guarded by mu, as every use of the connection): how long a write waits for another
+    // connection's transaction, and when the current wait began.
+    steady_clock::duration busy_timeout = kBusyTimeout;
+    steady_clock::time_point busy_since;
 
     uint64_t Generation() {
-        std::lock_guard lock(wake_mu);
-        return generation;
+        std::lock_guard lock(wake->mu);
+        return wake->generation;
     }
     void Notify() {
         {
-            std::lock_guard lock(wake_mu);
-            ++generation;
+            std::lock_guard lock(wake->mu);
+            ++wake->generation;
         }
-        wake_cv.notify_all();
+        wake->cv.notify_all();
     }
     void WaitFor(uint64_t seen, steady_clock::time_point until) {
-        std::unique_lock lock(wake_mu);
-        wake_cv.wait_until(lock, until, [&] { return generation != seen; });
+        std::unique_lock lock(wake->mu);
+        wake->cv.wait_until(lock, until, [&] { return wake->generation != seen; });
     }
+
+    // SQLite's own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries: a consumer
+    // waiting for a publish's fsync (another Broker object or process on the file) would often sleep far longer than
+    // the fsync takes. This one tries again after 50 µs, growing by 50 µs up to 1 ms.
+    static int BusyHandler(void* arg, int count) {
+        Core& core = *static_cast<Core*>(arg);
+        const auto now = steady_clock::now();
+        if (count == 0) core.busy_since = now;
+        if (now - core.busy_since >= core.busy_timeout) return 0;
+        std::this_thread::sleep_for(std::chrono::microseconds(std::min(50 * (count + 1), 1000)));
+        return 1;
+    }
+    void SetBusyTimeout(steady_clock::duration t) { busy_timeout = t; }
 
     Status Prepare() {
         struct {
@@ -383,20 +431,48 @@ public:
     }
 
     Result<std::optional<Delivery>> Receive(milliseconds timeout) override {
-        const auto deadline = steady_clock::now() + std::max(timeout, milliseconds(0));
-        milliseconds poll = kMinPoll;
-        for (;;) {
-            const uint64_t seen = core_->Generation();
-            auto got = TryClaim();
-            if (!got.ok() || got->has_value()) return got;
-            const auto now = steady_clock::now();
-            if (now >= deadline) return std::optional<Delivery>();
-            core_->WaitFor(seen, std::min(deadline, now + poll));
-            poll = std::min(poll * 2, core_->max_poll);
-        }
+        auto got = Wait(1, timeout);
+        if (!got.ok()) return got.status();
+        if (got->empty()) return std::optional<Delivery>();
+        return std::optional<Delivery>(std::move(got->front()));
+    }
+
+    // Claims the whole batch in one transaction (one write-lock turn instead of one per delivery).
+    Result<std::vector<Delivery>> ReceiveBatch(size_t max, milliseconds timeout) override {
+        return Wait(std::max<size_t>(max, 1), timeout);
     }
 
     Status Ack(const Delivery& delivery) override { return Finish(delivery, nullptr); }
+
+    // Settles the deliveries in one transaction. A delivery no longer held gets kFailedPrecondition and changes
+    // nothing; the others are acknowledged. A database error fails them all (nothing is acknowledged).
+    std::vector<Status> AckBatch(std::span<const Delivery> deliveries) override {
+        std::vector<Status> out(deliveries.size());
+        if (deliveries.empty()) return out;
+        Status s;
+        {
+            std::lock_guard lock(core_->mu);
+            s = core_->InWriteTxn(false, "acknowledging", [&]() -> Status {
+                for (size_t i = 0; i < deliveries.size(); ++i) {
+                    bool held = false;
+                    KEEL_RETURN_IF_ERROR(Settle(deliveries[i], nullptr, held));
+                    out[i] = held ? Status::Ok() : HeldError(group_, deliveries[i]);
+                }
+                return Status::Ok();
+            });
+            if (s.ok()) {
+                for (size_t i = 0; i < deliveries.size(); ++i) {
+                    if (out[i].ok()) held_.erase(deliveries[i].tag);
+                }
+            }
+        }
+        if (!s.ok()) {
+            std::fill(out.begin(), out.end(), s);
+            return out;
+        }
+        core_->Notify();
+        return out;
+    }
 
     Status Nack(const Delivery& delivery, milliseconds delay) override {
         const int64_t delay_us = std::clamp(delay, milliseconds(0), kMaxDelay).count() * 1000;
@@ -422,58 +498,91 @@ public:
     Status DeadLetter(const Delivery& delivery, std::string_view error) override { return Finish(delivery, &error); }
 
 private:
-    Result<std::optional<Delivery>> TryClaim() {
+    // Waits up to `timeout` for receivable deliveries and claims up to `max` of them.
+    Result<std::vector<Delivery>> Wait(size_t max, milliseconds timeout) {
+        const auto deadline = steady_clock::now() + std::max(timeout, milliseconds(0));
+        milliseconds poll = kMinPoll;
+        for (;;) {
+            const uint64_t seen = core_->Generation();
+            auto got = TryClaim(max);
+            if (!got.ok() || !got->empty()) return got;
+            const auto now = steady_clock::now();
+            if (now >= deadline) return got;
+            core_->WaitFor(seen, std::min(deadline, now + poll));
+            poll = std::min(poll * 2, core_->max_poll);
+        }
+    }
+
+    // Claims up to `max` receivable deliveries, oldest first, in one transaction.
+    Result<std::vector<Delivery>> TryClaim(size_t max) {
         std::lock_guard lock(core_->mu);
         if (!core_->sticky.ok()) return core_->sticky;
+        std::vector<Delivery> out;
         // A read without the write lock first, so that idle consumers do not keep taking it.
         auto ready = Peek();
         if (!ready.ok()) return ready.status();
-        if (!*ready) return std::optional<Delivery>();
+        if (!*ready) return out;
 
-        std::optional<Delivery> out;
         Status s = core_->InWriteTxn(false, "receiving", [&]() -> Status {
-            auto seq = Peek();  // again, inside the transaction: another process may have taken it
-            if (!seq.ok()) return seq.status();
-            if (!*seq) return Status::Ok();
-            Delivery d;
-            d.tag = static_cast<uint64_t>(**seq);
-            int64_t attempt = 0;
-            {
-                StmtReset reset(core_->claim);
-                core_->claim.Bind(1, group_id_).Bind(2, **seq).Bind(3, NowMicros() + visibility_us_);
-                const int rc = StepOne(core_->claim, [&](const Stmt& st) { attempt = st.Int(0); });
-                if (rc != SQLITE_ROW) return ToStatus(rc, core_->db->get(), "claiming a delivery");
+            out.clear();
+            while (out.size() < max) {
+                // Again, inside the transaction: another process may have taken it. A claimed delivery is no longer
+                // receivable, so the next Peek finds the next one.
+                auto seq = Peek();
+                if (!seq.ok()) return seq.status();
+                if (!*seq) break;
+                // With a visibility timeout shorter than this loop, a delivery claimed above could be due again.
+                if (std::any_of(out.begin(), out.end(),
+                                [&](const Delivery& c) { return c.tag == static_cast<uint64_t>(**seq); })) {
+                    break;
+                }
+                auto d = Claim(**seq);
+                if (!d.ok()) return d.status();
+                out.push_back(std::move(*d));
             }
-            d.attempt = static_cast<int>(attempt);
-            StmtReset reset(core_->get_message);
-            core_->get_message.Bind(1, **seq);
-            const int rc = core_->get_message.Step();
-            if (rc == SQLITE_DONE) {
-                return Status::Corruption(fmt::format("broker database '{}': delivery {} of group '{}' has no message",
-                                                      core_->path, **seq, group_));
-            }
-            if (rc != SQLITE_ROW) return ToStatus(rc, core_->db->get(), "reading a message");
-            auto id = Uuid::FromBytes(core_->get_message.Blob(0));
-            if (!id.ok()) {
-                return Status::Corruption(fmt::format("broker database '{}': message {} has a malformed message_id: {}",
-                                                      core_->path, **seq, id.status().message()));
-            }
-            auto headers = DecodeHeaders(core_->get_message.Blob(3));
-            if (!headers.ok()) {
-                return Status::Corruption(fmt::format("broker database '{}': message {}: {}", core_->path, **seq,
-                                                      headers.status().message()));
-            }
-            d.message.destination = destination_;
-            d.message.message_id = *id;
-            d.message.key = std::string(core_->get_message.Text(1));
-            d.message.payload = std::string(core_->get_message.Blob(2));
-            d.message.headers = std::move(*headers);
-            out = std::move(d);
             return Status::Ok();
         });
         if (!s.ok()) return s;
-        if (out) held_[out->tag] = out->attempt;
+        for (const Delivery& d : out) held_[d.tag] = d.attempt;
         return out;
+    }
+
+    // Claims delivery `seq` and reads its message (caller holds mu, in a write transaction).
+    Result<Delivery> Claim(int64_t seq) {
+        Delivery d;
+        d.tag = static_cast<uint64_t>(seq);
+        int64_t attempt = 0;
+        {
+            StmtReset reset(core_->claim);
+            core_->claim.Bind(1, group_id_).Bind(2, seq).Bind(3, NowMicros() + visibility_us_);
+            const int rc = StepOne(core_->claim, [&](const Stmt& st) { attempt = st.Int(0); });
+            if (rc != SQLITE_ROW) return ToStatus(rc, core_->db->get(), "claiming a delivery");
+        }
+        d.attempt = static_cast<int>(attempt);
+        StmtReset reset(core_->get_message);
+        core_->get_message.Bind(1, seq);
+        const int rc = core_->get_message.Step();
+        if (rc == SQLITE_DONE) {
+            return Status::Corruption(fmt::format("broker database '{}': delivery {} of group '{}' has no message",
+                                                  core_->path, seq, group_));
+        }
+        if (rc != SQLITE_ROW) return ToStatus(rc, core_->db->get(), "reading a message");
+        auto id = Uuid::FromBytes(core_->get_message.Blob(0));
+        if (!id.ok()) {
+            return Status::Corruption(fmt::format("broker database '{}': message {} has a malformed message_id: {}",
+                                                  core_->path, seq, id.status().message()));
+        }
+        auto headers = DecodeHeaders(core_->get_message.Blob(3));
+        if (!headers.ok()) {
+            return Status::Corruption(
+                fmt::format("broker database '{}': message {}: {}", core_->path, seq, headers.status().message()));
+        }
+        d.message.destination = destination_;
+        d.message.message_id = *id;
+        d.message.key = std::string(core_->get_message.Text(1));
+        d.message.payload = std::string(core_->get_message.Blob(2));
+        d.message.headers = std::move(*headers);
+        return d;
     }
 
     // The oldest receivable delivery of the group (caller holds mu).
@@ -494,68 +603,73 @@ private:
         return best;
     }
 
-    // Ack, or DeadLetter when `error` is set: the delivery leaves the group; the next one of its key becomes the
-    // key's head; the message row goes when no group needs it any more.
+    // Ack, or DeadLetter when `error` is set: the delivery leaves the group (see Settle).
     Status Finish(const Delivery& delivery, const std::string_view* error) {
-        const auto seq = static_cast<int64_t>(delivery.tag);
         Status s;
         {
             std::lock_guard lock(core_->mu);
             s = core_->InWriteTxn(false, error ? "dead-lettering" : "acknowledging", [&]() -> Status {
-                std::string key;
                 bool held = false;
-                {
-                    StmtReset reset(core_->remove_delivery);
-                    core_->remove_delivery.Bind(1, group_id_)
-                        .Bind(2, seq)
-                        .Bind(3, static_cast<int64_t>(delivery.attempt));
-                    const int rc = StepOne(core_->remove_delivery, [&](const Stmt& st) {
-                        key = std::string(st.Text(0));
-                        held = true;
-                    });
-                    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-                        return ToStatus(rc, core_->db->get(), "removing a delivery");
-                    }
-                }
+                KEEL_RETURN_IF_ERROR(Settle(delivery, error, held));
                 if (!held) return HeldError(group_, delivery);
-                if (error != nullptr) {
-                    StmtReset reset(core_->insert_dead_letter);
-                    core_->insert_dead_letter.Bind(1, group_id_)
-                        .Bind(2, seq)
-                        .Bind(3, *error)
-                        .Bind(4, static_cast<int64_t>(delivery.attempt))
-                        .Bind(5, NowMicros());
-                    KEEL_RETURN_IF_ERROR(core_->insert_dead_letter.Exec("writing a dead letter"));
-                    if (sqlite3_changes(core_->db->get()) != 1) {
-                        return Status::Corruption(
-                            fmt::format("broker database '{}': delivery {} has no message", core_->path, seq));
-                    }
-                }
-                if (!key.empty()) {
-                    StmtReset reset(core_->advance_head);
-                    core_->advance_head.Bind(1, group_id_).Bind(2, key);
-                    KEEL_RETURN_IF_ERROR(core_->advance_head.Exec("advancing the key's head"));
-                }
-                int64_t pending = 0;
-                {
-                    StmtReset reset(core_->release_message);
-                    core_->release_message.Bind(1, seq);
-                    const int rc = StepOne(core_->release_message, [&](const Stmt& st) { pending = st.Int(0); });
-                    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-                        return ToStatus(rc, core_->db->get(), "updating the message's pending groups");
-                    }
-                }
-                if (pending <= 0) {
-                    StmtReset reset(core_->delete_message);
-                    core_->delete_message.Bind(1, seq);
-                    KEEL_RETURN_IF_ERROR(core_->delete_message.Exec("deleting a message"));
-                }
                 return Status::Ok();
             });
             if (s.ok()) held_.erase(delivery.tag);
         }
         if (s.ok()) core_->Notify();
         return s;
+    }
+
+    // Inside a write transaction (caller holds mu): removes the delivery if this consumer still holds it (`held`
+    // tells), writes its dead letter when `error` is set, makes the next delivery of its key the key's head, and
+    // deletes the message row when no group needs it any more. Errors are the database's.
+    Status Settle(const Delivery& delivery, const std::string_view* error, bool& held) {
+        const auto seq = static_cast<int64_t>(delivery.tag);
+        std::string key;
+        held = false;
+        {
+            StmtReset reset(core_->remove_delivery);
+            core_->remove_delivery.Bind(1, group_id_).Bind(2, seq).Bind(3, static_cast<int64_t>(delivery.attempt));
+            const int rc = StepOne(core_->remove_delivery, [&](const Stmt& st) {
+                key = std::string(st.Text(0));
+                held = true;
+            });
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) return ToStatus(rc, core_->db->get(), "removing a delivery");
+        }
+        if (!held) return Status::Ok();
+        if (error != nullptr) {
+            StmtReset reset(core_->insert_dead_letter);
+            core_->insert_dead_letter.Bind(1, group_id_)
+                .Bind(2, seq)
+                .Bind(3, *error)
+                .Bind(4, static_cast<int64_t>(delivery.attempt))
+                .Bind(5, NowMicros());
+            KEEL_RETURN_IF_ERROR(core_->insert_dead_letter.Exec("writing a dead letter"));
+            if (sqlite3_changes(core_->db->get()) != 1) {
+                return Status::Corruption(
+                    fmt::format("broker database '{}': delivery {} has no message", core_->path, seq));
+            }
+        }
+        if (!key.empty()) {
+            StmtReset reset(core_->advance_head);
+            core_->advance_head.Bind(1, group_id_).Bind(2, key);
+            KEEL_RETURN_IF_ERROR(core_->advance_head.Exec("advancing the key's head"));
+        }
+        int64_t pending = 0;
+        {
+            StmtReset reset(core_->release_message);
+            core_->release_message.Bind(1, seq);
+            const int rc = StepOne(core_->release_message, [&](const Stmt& st) { pending = st.Int(0); });
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                return ToStatus(rc, core_->db->get(), "updating the message's pending groups");
+            }
+        }
+        if (pending <= 0) {
+            StmtReset reset(core_->delete_message);
+            core_->delete_message.Bind(1, seq);
+            KEEL_RETURN_IF_ERROR(core_->delete_message.Exec("deleting a message"));
+        }
+        return Status::Ok();
     }
 
     std::shared_ptr<Core> core_;
@@ -786,8 +900,7 @@ private:
     Status PublishWindow(std::span<const Message> messages, std::span<const size_t> chunk,
                          steady_clock::time_point deadline) {
         std::lock_guard lock(core_->mu);
-        const auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
-        sqlite3_busy_timeout(core_->db->get(), static_cast<int>(std::clamp<int64_t>(left.count(), 0, INT32_MAX)));
+        core_->SetBusyTimeout(std::max(deadline - steady_clock::now(), steady_clock::duration::zero()));
         std::unordered_map<std::string_view, DestinationInfo> destinations;
         Status s = core_->InWriteTxn(true, "publishing", [&]() -> Status {
             const int64_t now = NowMicros();
@@ -824,7 +937,7 @@ private:
             }
             return Status::Ok();
         });
-        sqlite3_busy_timeout(core_->db->get(), static_cast<int>(kBusyTimeout.count()));
+        core_->SetBusyTimeout(kBusyTimeout);
         if (!s.ok() && s.code() == StatusCode::kUnavailable && steady_clock::now() >= deadline) {
             return Status::DeadlineExceeded(fmt::format("publish timed out: {}", s.message()));
         }
@@ -899,7 +1012,8 @@ Result<std::unique_ptr<Broker>> OpenLocalBroker(const ParsedUri& uri, const Brok
     auto db = Db::Open(*path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs);
     if (!db.ok()) return db.status().WithContext("opening the local: broker");
     core->db = std::move(*db);
-    sqlite3_busy_timeout(core->db->get(), static_cast<int>(kBusyTimeout.count()));
+    core->wake = WakeFor(*path);
+    sqlite3_busy_handler(core->db->get(), &Core::BusyHandler, core.get());
     auto mode = core->db->QueryText("PRAGMA journal_mode = WAL");
     if (!mode.ok()) {
         return mode.status().code() == StatusCode::kCorruption

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include "keeld/keeld_process.hpp"
 #include "net/http_client.hpp"
 #include "net/http_server.hpp"
@@ -179,8 +181,14 @@ int main() {
         std::printf("raw HTTP round trips, %d clients: %.0f/s\n", clients, raw[clients].per_second);
     }
 
+    // gids unique to this run: the PostgreSQL storage (schema keeld_bench) outlives it.
+    const std::string run_id = std::to_string(::getpid()) + "-" +
+                               std::to_string(std::chrono::system_clock::now().time_since_epoch().count()) + "-";
     std::vector<std::pair<std::string, std::string>> storages = {{"sqlite", ""}};
-    if (const char* pg = std::getenv("KEEL_TEST_PG"); pg != nullptr && *pg != '\0') storages.emplace_back("postgresql", pg);
+    if (const char* pg = std::getenv("KEEL_TEST_PG"); pg != nullptr && *pg != '\0') {
+        std::string uri = pg;
+        storages.emplace_back("postgresql", uri + (uri.find('?') == std::string::npos ? "?" : "&") + "schema=keeld_bench");
+    }
     double sqlite_saga16 = 0;
     int failures = 0;
     for (const auto& [name, uri] : storages) {
@@ -198,8 +206,8 @@ int main() {
             for (int clients : {1, 16}) {
                 std::vector<Sample> runs;
                 for (int r = 0; r < reps; ++r) {
-                    std::string prefix = std::string(mode) + "-" + name + "-" + std::to_string(clients) + "-" +
-                                         std::to_string(r) + "-";
+                    std::string prefix = run_id + std::string(mode) + "-" + name + "-" + std::to_string(clients) +
+                                         "-" + std::to_string(r) + "-";
                     runs.push_back(Drive(clients, seconds, 0, [&](SyncHttpClient& c, int client, int64_t i) {
                         std::string gid = prefix + std::to_string(client) + "-" + std::to_string(i);
                         return Post(c, submit,
@@ -226,7 +234,7 @@ int main() {
             const double rate = sqlite_saga16 / 2;
             std::vector<Sample> runs;
             for (int r = 0; r < reps; ++r) {
-                std::string prefix = "half-" + std::to_string(r) + "-";
+                std::string prefix = run_id + "half-" + std::to_string(r) + "-";
                 runs.push_back(Drive(16, seconds, rate, [&](SyncHttpClient& c, int client, int64_t i) {
                     return Post(c, submit, SagaBody(prefix + std::to_string(client) + "-" + std::to_string(i), busi_url));
                 }));

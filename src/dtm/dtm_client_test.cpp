@@ -4,86 +4,25 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keel/barrier.hpp"
 #include "keel/dtm.hpp"
 #include "keel/uuid.hpp"
 
+#include "keeld/keeld_process.hpp"
 #include "net/http_server.hpp"
 
-#ifndef KEEL_KEELD
-#error "KEEL_KEELD (the keeld binary) must be defined"
-#endif
 
 namespace keel::dtm {
 namespace {
 
 using namespace std::chrono_literals;
-
-// keeld as a child process on a free port, with its own SQLite file.
-class Keeld {
-public:
-    static std::unique_ptr<Keeld> Start(const std::filesystem::path& dir) {
-        int out[2];
-        if (::pipe(out) != 0) return nullptr;
-        const std::string storage = "sqlite://" + (dir / "keeld.db").string();
-        const pid_t pid = ::fork();
-        if (pid == 0) {
-            ::dup2(out[1], STDOUT_FILENO);
-            ::close(out[0]);
-            ::close(out[1]);
-            ::execl(KEEL_KEELD, KEEL_KEELD, "--listen", "127.0.0.1:0", "--storage", storage.c_str(),
-                    "--cron-interval-ms", "100", static_cast<char*>(nullptr));
-            ::_exit(127);
-        }
-        ::close(out[1]);
-        auto k = std::unique_ptr<Keeld>(new Keeld());
-        k->pid_ = pid;
-        k->out_ = ::fdopen(out[0], "r");
-        char line[512];
-        const std::string marker = "keeld listening on ";
-        while (std::fgets(line, sizeof line, k->out_) != nullptr) {
-            std::string text(line);
-            const size_t at = text.find(marker);
-            if (at == std::string::npos) continue;
-            std::string url = text.substr(at + marker.size());
-            while (!url.empty() && (url.back() == '\n' || url.back() == '\r' || url.back() == ' ')) url.pop_back();
-            k->server_ = url + "/api/dtmsvr";
-            // Keep draining its output so that it never blocks on a full pipe.
-            k->drain_ = std::thread([f = k->out_] {
-                char buf[512];
-                while (std::fgets(buf, sizeof buf, f) != nullptr) {
-                }
-            });
-            return k;
-        }
-        return nullptr;  // exited before listening
-    }
-    ~Keeld() {
-        ::kill(pid_, SIGTERM);
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        if (drain_.joinable()) drain_.join();
-        if (out_ != nullptr) std::fclose(out_);
-    }
-    const std::string& server() const { return server_; }
-
-private:
-    Keeld() = default;
-    pid_t pid_ = -1;
-    FILE* out_ = nullptr;
-    std::thread drain_;
-    std::string server_;
-};
 
 int64_t Amount(const std::string& body) {
     auto j = nlohmann::json::parse(body, nullptr, false);
@@ -169,9 +108,10 @@ protected:
                                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
         std::filesystem::remove_all(dir_);
         std::filesystem::create_directories(dir_);
-        keeld_ = Keeld::Start(dir_);
-        ASSERT_NE(keeld_, nullptr) << "keeld did not start (" << KEEL_KEELD << ")";
-        server_ = keeld_->server();
+        keeld_ = std::make_unique<keeld_test::KeeldProcess>();
+        Status started = keeld_->Start();
+        ASSERT_TRUE(started.ok()) << started.ToString();
+        server_ = keeld_->api();
         bank_ = std::make_unique<Bank>(dir_);
     }
     void TearDown() override {
@@ -205,7 +145,7 @@ protected:
     }
 
     std::filesystem::path dir_;
-    std::unique_ptr<Keeld> keeld_;
+    std::unique_ptr<keeld_test::KeeldProcess> keeld_;
     std::string server_;
     std::unique_ptr<Bank> bank_;
 };

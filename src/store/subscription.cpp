@@ -187,7 +187,9 @@ private:
             }
             MaybeCheckpoint(/*force=*/false);
             if (at_end) {
-                if (!batch.empty() || !announced) {
+                // Also after a full batch that ended exactly at the head (caught_up_ was cleared, and this read,
+                // the one that found the end, is empty).
+                if (!batch.empty() || !announced || !caught_up_.load()) {
                     announced = true;
                     caught_up_ = true;
                     if (options_.on_caught_up) options_.on_caught_up(position_.load());

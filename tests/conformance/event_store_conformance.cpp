@@ -1623,6 +1623,31 @@ TEST_P(EventStoreConformance, SubscriptionNeverSkipsUnderConcurrentWriters) {
     EXPECT_EQ(Ids(events), Ids(all));
 }
 
+// Regression: a read that filled its batch exactly up to the head cleared caught_up(), and the empty read after it,
+// the one that found the end, did not set it again (nor call on_caught_up), so a live subscription looked behind.
+TEST_P(EventStoreConformance, CaughtUpAgainAfterAFullBatchThatEndsAtTheHead) {
+    std::mutex mu;
+    std::vector<int64_t> announced;
+    Collector collected;
+    auto options = FastOptions();
+    options.batch_size = 8;
+    options.on_caught_up = [&](int64_t position) {
+        std::lock_guard lock(mu);
+        announced.push_back(position);
+    };
+    auto sub = MustSubscribe(store(), options, collected.Handler());
+    ASSERT_TRUE(WaitUntil([&] { return sub->caught_up(); }));
+    ASSERT_TRUE(IsOk(store().Append("Full-1", ExpectedVersion::NoStream(), Events(8)).status()));
+    ASSERT_TRUE(collected.WaitFor(8));
+    const int64_t last = collected.events().back().global_position;
+    EXPECT_TRUE(WaitUntil([&] {
+        std::lock_guard lock(mu);
+        return !announced.empty() && announced.back() == last;
+    })) << "on_caught_up was not called at the head after a full batch";
+    EXPECT_TRUE(sub->caught_up());
+    EXPECT_TRUE(IsOk(sub->Stop()));
+}
+
 TEST_P(EventStoreConformance, FailingHandlerIsRetriedThenStopsTheSubscription) {
     AppendSpread(store(), "Fail", 10, 1, 2);
     auto all = ReadAllEvents(store());

@@ -126,6 +126,10 @@ int64_t NowMicros() {
 std::unique_ptr<EventStore> OpenKeel(const std::string& path, Durability durability) {
     StoreOptions options;
     options.durability = durability;
+    return OpenKeel(path, options);
+}
+
+std::unique_ptr<EventStore> OpenKeel(const std::string& path, const StoreOptions& options) {
     auto store = OpenStore("sqlite://" + path, options);
     if (!store.ok()) throw std::runtime_error("OpenStore(" + path + "): " + store.status().ToString());
     return std::move(*store);

@@ -49,6 +49,7 @@ int64_t NowMicros();
 
 // Opens a keel sqlite: store on `path`; throws std::runtime_error with the status when it fails.
 std::unique_ptr<EventStore> OpenKeel(const std::string& path, Durability durability);
+std::unique_ptr<EventStore> OpenKeel(const std::string& path, const StoreOptions& options);
 std::string_view DurabilityName(Durability durability);  // "FULL" / "NORMAL"
 
 // ---- raw SQLite, the baseline ----------------------------------------------------------------------------------

@@ -12,8 +12,9 @@
 //   outbox/latency/<broker>      commits at a steady 500/s; commit-to-handler p50 / p99      target p99 < 20 ms (local:)
 //
 // The consumer checks the order of every key (a message out of order or handled twice fails the run). Both stores
-// run with Durability::kNormal (a unit of work per message: with kFull each commit waits for an fsync); local: runs
-// with its default durability=full. Each repetition uses fresh databases and a fresh destination.
+// run with Durability::kNormal (a unit of work per message: with kFull each commit waits for an fsync; the
+// uow/commit/full cases measure that); local: runs with its default durability=full. Each repetition uses fresh
+// databases and a fresh destination.
 
 #include <algorithm>
 #include <atomic>
@@ -260,13 +261,17 @@ void Throughput(benchmark::State& state, Kind kind) {
 }
 
 // The producers alone: the same units of work (event + outbox row) from the same threads, with no relay and no
-// consumer. On sqlite: a unit of work holds the write lock from Begin to Commit and commits alone (no group commit),
-// so this caps outbox/throughput whatever the broker.
-void CommitOnly(benchmark::State& state) {
-    const int64_t n = g_config.throughput_messages;
+// consumer: the cap of outbox/throughput whatever the broker. On sqlite: a unit of work holds the write lock from
+// Begin to Commit; units that wait behind it share its commit (StoreOptions::max_units_per_commit; 1 = each unit
+// commits alone, the baseline of the "alone" cases).
+void CommitOnly(benchmark::State& state, Durability durability, size_t max_units_per_commit) {
+    const int64_t n = durability == Durability::kFull ? g_config.throughput_messages / 4 : g_config.throughput_messages;
     try {
         for (auto _ : state) {
-            auto store = OpenKeel(NewDbPath("service"), Durability::kNormal);
+            StoreOptions options;
+            options.durability = durability;
+            options.max_units_per_commit = max_units_per_commit;
+            auto store = OpenKeel(NewDbPath("service"), options);
             const std::string dest = FreshDestination();
             std::vector<std::thread> workers;
             std::mutex error_mu;
@@ -479,12 +484,21 @@ int main(int argc, char** argv) {
     reporter.Ratio("outbox_throughput local", "outbox/throughput/local", "raw/publish/local", 0.7);
     reporter.Case("outbox/throughput/local", "producer's unit-of-work commit rate alone", "commits/s", "commits_per_s");
     reporter.Case("uow/commit/sqlite", "the producers' units of work alone (no relay, no consumer): the cap");
+    reporter.Case("uow/commit/sqlite/alone", "the same with max_units_per_commit = 1 (each unit commits alone)");
+    reporter.Case("uow/commit/full", "the same units of work, Durability::kFull (a commit waits for fsync)");
+    reporter.Case("uow/commit/full/alone", "kFull, max_units_per_commit = 1");
+    reporter.Ratio("uow_shared_commits normal", "uow/commit/sqlite", "uow/commit/sqlite/alone", std::nullopt);
+    reporter.Ratio("uow_shared_commits full", "uow/commit/full", "uow/commit/full/alone",
+                   std::nullopt);
     reporter.Case("outbox/latency/local", "commit-to-handler p50 at 500/s", "ms", "p50_ms");
     reporter.Case("outbox/latency/local", "commit-to-handler p99 at 500/s", "ms", "p99_ms");
     reporter.Ceiling("outbox_latency local p99 (worst run)", "outbox/latency/local", "p99_ms", 20.0, "ms");
     Register("outbox/throughput/local", [](benchmark::State& s) { Throughput(s, Kind::kLocal); });
     Register("raw/publish/local", RawLocal);
-    Register("uow/commit/sqlite", CommitOnly);
+    Register("uow/commit/sqlite", [](benchmark::State& s) { CommitOnly(s, Durability::kNormal, 64); });
+    Register("uow/commit/sqlite/alone", [](benchmark::State& s) { CommitOnly(s, Durability::kNormal, 1); });
+    Register("uow/commit/full", [](benchmark::State& s) { CommitOnly(s, Durability::kFull, 64); });
+    Register("uow/commit/full/alone", [](benchmark::State& s) { CommitOnly(s, Durability::kFull, 1); });
     Register("outbox/latency/local", [](benchmark::State& s) { Latency(s, Kind::kLocal); });
 #ifdef KEEL_BENCH_WITH_RABBITMQ
     if (rabbit) {

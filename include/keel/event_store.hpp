@@ -65,6 +65,12 @@ struct StoreOptions {
     /// appenders inside Append to queue, so that one commit carries them all. A lone writer never waits.
     /// Default: 200 µs.
     std::chrono::microseconds group_commit_wait{200};
+    /// `sqlite:` only: how many units of work (unit_of_work.hpp) one commit may carry. A unit of work that commits
+    /// while others wait to begin leaves the transaction open for them: each runs in it under its own savepoint,
+    /// and the last one (or the first that finds nobody waiting, or finds the transaction open for 10 ms) commits
+    /// them all at once — one commit, one fsync. Each Commit() returns only when that shared commit is durable,
+    /// with its outcome; a unit that rolls back undoes only its own work. 1 turns sharing off. Default: 64.
+    size_t max_units_per_commit = 64;
 };
 
 struct AppendResult {

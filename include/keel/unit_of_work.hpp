@@ -17,6 +17,10 @@
 ///
 /// Thread-safety: a UnitOfWork is used by one thread. On `sqlite:` it holds the database's write lock from Begin()
 /// to Commit()/rollback, so other writers (appends through the same store included) wait: keep units of work short.
+/// Units of work of one `sqlite:` store that begin while another runs share its commit
+/// (StoreOptions::max_units_per_commit): Commit() then returns when the last of them has ended and their common
+/// commit is durable — never before, and with that commit's outcome — so a unit of work must not wait for another
+/// thread's unit of work to finish.
 /// On `postgresql:` it runs on a connection of its own; each statement runs under a savepoint (so a failed one leaves
 /// the unit usable), which costs two extra round trips per statement.
 
@@ -148,7 +152,9 @@ public:
     }
 
     /// Dispatches the raised domain events, then commits. On any handler error or commit error everything is rolled
-    /// back and the error returned (a handler's status unchanged).
+    /// back and the error returned (a handler's status unchanged). On `sqlite:`, kUnavailable also when the commit
+    /// this unit shared with others failed, or SQLite rolled their transaction back after another unit's I/O error:
+    /// nothing of it was committed, and running it again is safe.
     Status Commit();
 
     /// True until Commit() succeeded or the unit of work was rolled back.

@@ -214,6 +214,92 @@ TEST_F(UnitOfWorkTest, NestedUnitOnOneThreadFailsInsteadOfDeadlocking) {
     ASSERT_TRUE(outer.Commit().ok());
 }
 
+// Unit A commits while unit B waits to begin: A leaves the transaction open for B and its Commit() returns only when
+// B ends it. Returns whether that happened (it depends on B being inside Begin when A commits); checks the outcome
+// either way: B's `rollback` undoes B only.
+bool ShareOneCommit(EventStore& store, bool rollback, int round) {
+    const std::string a = "a-" + std::to_string(round), b = "b-" + std::to_string(round);
+    auto unit_a = UnitOfWork::Begin(store).value();
+    EXPECT_TRUE(unit_a.Exec("INSERT INTO accounts (id, balance) VALUES (?, 1)", {a}).ok());
+    std::atomic<bool> b_ended{false};
+    std::thread other([&] {
+        auto unit_b = UnitOfWork::Begin(store);
+        ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
+        EXPECT_TRUE(unit_b->Exec("INSERT INTO accounts (id, balance) VALUES (?, 2)", {b}).ok());
+        // A sees B's unit running in the transaction A left open; hold it a moment so that an A that did not
+        // wait for the shared commit would be seen returning first.
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (rollback) {
+            auto dropped = std::move(*unit_b);  // destroyed at the end of this block: rolled back
+        } else {
+            EXPECT_TRUE(unit_b->Commit().ok());
+        }
+        b_ended = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // B is waiting inside Begin by now, usually
+    Status committed = unit_a.Commit();
+    const bool shared = b_ended.load();
+    other.join();
+    EXPECT_TRUE(committed.ok()) << committed.ToString();
+    auto check = UnitOfWork::Begin(store).value();
+    auto count = [&](const std::string& id) {
+        return check.Query("SELECT count(*) FROM accounts WHERE id = ?", {id}).value().Int(0, 0).value();
+    };
+    EXPECT_EQ(count(a), 1);
+    EXPECT_EQ(count(b), rollback ? 0 : 1);
+    return shared;
+}
+
+TEST_F(UnitOfWorkTest, UnitsWaitingToBeginShareOneCommit) {
+    bool shared = false;
+    for (int round = 0; round < 5 && !shared; ++round) shared = ShareOneCommit(*store_, /*rollback=*/false, round);
+    EXPECT_TRUE(shared) << "the first unit's Commit never waited for the unit that began behind it";
+}
+
+TEST_F(UnitOfWorkTest, UnitRolledBackInASharedTransactionUndoesOnlyItself) {
+    bool shared = false;
+    for (int round = 0; round < 5 && !shared; ++round) shared = ShareOneCommit(*store_, /*rollback=*/true, round);
+    EXPECT_TRUE(shared) << "the first unit's Commit never waited for the unit that began behind it";
+}
+
+TEST_F(UnitOfWorkTest, ConcurrentUnitsOfWorkAllCommitWithTheirEventsAndOutbox) {
+    constexpr int kThreads = 4, kUnits = 100;
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            int64_t version = -1;  // the thread's stream, as its committed units left it
+            for (int i = 0; i < kUnits; ++i) {
+                const std::string id = std::to_string(t) + "-" + std::to_string(i);
+                auto uow = UnitOfWork::Begin(*store_);
+                if (!uow.ok()) {
+                    failures.fetch_add(1);
+                    continue;
+                }
+                bool ok = uow->Exec("INSERT INTO accounts (id, balance) VALUES (?, ?)", {id, int64_t{i}}).ok();
+                ok = ok && uow->Append("Account-" + std::to_string(t), ExpectedVersion::Exact(version),
+                                       {Event("Opened")})
+                               .ok();
+                ok = ok && uow->Enqueue(OutboxMessage{"accounts", "Account-" + std::to_string(t), {}, id, {}}).ok();
+                if (i % 10 == 9) continue;  // every tenth unit rolls back (it is destroyed uncommitted)
+                ok = ok && uow->Commit().ok();
+                if (ok) ++version;
+                if (!ok) failures.fetch_add(1);
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    // 90 of every thread's 100 units committed; the rolled-back ones left nothing.
+    EXPECT_EQ(Count("accounts"), kThreads * 90);
+    EXPECT_EQ(Count("keel_outbox"), kThreads * 90);
+    for (int t = 0; t < kThreads; ++t) {
+        auto events = store_->ReadStream("Account-" + std::to_string(t)).value();
+        EXPECT_EQ(events.size(), 90u);
+        for (size_t v = 0; v < events.size(); ++v) EXPECT_EQ(events[v].stream_version, static_cast<int64_t>(v));
+    }
+}
+
 TEST(UnitOfWorkMemory, StorageWithoutTransactionsIsRefused) {
     auto store = OpenStore("memory:").value();
     auto uow = UnitOfWork::Begin(*store);

@@ -120,6 +120,41 @@ auto InReadTxn(Reader& r, F&& fn) -> decltype(fn()) {
 
 class SqliteTransaction;
 
+// Units of work that share one write transaction and its commit (StoreOptions::max_units_per_commit). The
+// transaction stays open while units of work wait to begin; the unit that ends it commits for all of them.
+struct CommitGroup {
+    // Guarded by the write lock: the units released into the transaction, waiting for its commit, and when the
+    // first of them was.
+    size_t members = 0;
+    std::chrono::steady_clock::time_point first_release;
+
+    void Release() {
+        if (members++ == 0) first_release = std::chrono::steady_clock::now();
+    }
+
+    void Finish(Status s) {
+        {
+            std::lock_guard lock(mu);
+            result = std::move(s);
+            done = true;
+        }
+        cv.notify_all();
+    }
+    // Waits up to `d` for Finish; returns whether it happened (then `out` is its status).
+    bool WaitFor(std::chrono::milliseconds d, Status& out) {
+        std::unique_lock lock(mu);
+        if (!cv.wait_for(lock, d, [this] { return done; })) return false;
+        out = result;
+        return true;
+    }
+
+private:
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Status result;
+};
+
 class SqliteBackend final : public StoreBackend {
 public:
     SqliteBackend(std::string path, std::string vfs, std::unique_ptr<Db> writer, const StoreOptions& options)
@@ -127,7 +162,13 @@ public:
           writer_(std::move(writer)),
           readers_([path = path_, vfs = std::move(vfs), busy = options.busy_timeout] { return OpenReader(path, vfs, busy); },
                    /*max_idle=*/8),
-          busy_timeout_(options.busy_timeout) {}
+          busy_timeout_(options.busy_timeout),
+          max_units_per_commit_(std::max<size_t>(options.max_units_per_commit, 1)) {}
+
+    ~SqliteBackend() override {
+        std::lock_guard lock(write_mu_);
+        (void)EndGroup();
+    }
 
     Status Prepare() {
         struct {
@@ -140,6 +181,9 @@ public:
             {&savepoint_, "SAVEPOINT keel_append"},
             {&release_, "RELEASE keel_append"},
             {&rollback_to_, "ROLLBACK TO keel_append"},
+            {&uow_savepoint_, "SAVEPOINT keel_uow"},
+            {&uow_release_, "RELEASE keel_uow"},
+            {&uow_rollback_to_, "ROLLBACK TO keel_uow"},
             {&get_stream_, fmt::format("SELECT {} FROM keel_streams WHERE stream_id = ?1", kStreamColumns)},
             {&insert_event_,
              "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
@@ -167,6 +211,7 @@ public:
         };
         std::unique_lock lock(write_mu_, std::defer_lock);
         if (!lock.try_lock_for(busy_timeout_)) return fail_all(Busy());
+        if (Status s = EndGroup(); !s.ok()) return fail_all(s);
         if (!sticky_.ok()) return fail_all(sticky_);
         if (Status s = begin_.Exec("BEGIN IMMEDIATE"); !s.ok()) return fail_all(s);
 
@@ -645,6 +690,7 @@ private:
     Status WriteTxn(std::string_view what, F&& body) {
         std::unique_lock lock(write_mu_, std::defer_lock);
         if (!lock.try_lock_for(busy_timeout_)) return Busy();
+        KEEL_RETURN_IF_ERROR(EndGroup().WithContext(what));
         if (!sticky_.ok()) return sticky_;
         KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE").WithContext(what));
         Status s = body();
@@ -723,14 +769,54 @@ private:
         return result;
     }
 
+    // With the write lock held: ends the transaction that units of work share, if one is open — commits it when a
+    // unit was released into it, else rolls it back — and gives its units the outcome. Returns the commit's status.
+    Status EndGroup() {
+        if (group_ == nullptr) return Status::Ok();
+        std::shared_ptr<CommitGroup> group = std::move(group_);
+        Status s;
+        if (group->members > 0) {
+            s = CommitWriter("COMMIT of units of work");
+        } else {
+            (void)rollback_.Exec("ROLLBACK");
+        }
+        group->Finish(s);
+        return s;
+    }
+
+    // With the write lock held: the shared transaction is gone (SQLite rolled it back after an error): its released
+    // units fail with `cause`.
+    void AbortGroup(const Status& cause) {
+        if (group_ == nullptr) return;
+        std::shared_ptr<CommitGroup> group = std::move(group_);
+        if (!sqlite3_get_autocommit(writer_->get())) (void)rollback_.Exec("ROLLBACK");
+        group->Finish(Status::Unavailable(fmt::format(
+            "the transaction this unit of work shared was rolled back after another unit's error ({}); nothing of "
+            "it was committed, run it again",
+            cause.message())));
+    }
+
+    // With the write lock held, when a unit of work ends: true if it should leave the transaction open for a unit
+    // of work waiting to begin instead of ending it.
+    bool ShareCommit() const {
+        return group_ != nullptr && uow_waiting_.load() > 0 && group_->members < max_units_per_commit_ &&
+               (group_->members == 0 || std::chrono::steady_clock::now() - group_->first_release < kMaxGroupAge);
+    }
+
+    static constexpr auto kMaxGroupAge = std::chrono::milliseconds(10);
+
     std::string path_;
     std::unique_ptr<Db> writer_;
     ReaderPool readers_;
     WriterLock write_mu_;  // held around every use of writer_, for a whole unit of work too
     std::chrono::milliseconds busy_timeout_;
+    size_t max_units_per_commit_;
     Status sticky_;
-    Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_, get_stream_, insert_event_, upsert_version_,
-        lookup_id_, last_recorded_;
+    // The write transaction open for units of work (null: none), and its units; guarded by write_mu_.
+    std::shared_ptr<CommitGroup> group_;
+    std::atomic<int> uow_waiting_{0};  // threads waiting in BeginTransaction for write_mu_
+    Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_, uow_savepoint_, uow_release_,
+        uow_rollback_to_, get_stream_, insert_event_, upsert_version_, lookup_id_, last_recorded_;
     // Units of work's own statements (and keel's outbox/inbox ones), prepared once per SQL text.
     std::unordered_map<std::string, Stmt> user_stmts_;
 };
@@ -762,31 +848,43 @@ std::string HeadersJson(const Headers& headers) {
     return j.dump();
 }
 
-// A unit of work's transaction: holds the writer connection (and so the database's write lock) until it ends.
+// A unit of work's transaction: holds the writer connection (and so the database's write lock) until it ends. It
+// runs under the savepoint keel_uow inside a write transaction that several units of work may share (CommitGroup):
+// committing releases the savepoint, then either ends the transaction (a commit for every unit released into it) or,
+// when another unit of work waits to begin, leaves it open for that one and waits for the shared commit.
 class SqliteTransaction final : public TransactionBackend {
 public:
-    SqliteTransaction(SqliteBackend& b, std::unique_lock<WriterLock> lock, int64_t now)
-        : b_(b), lock_(std::move(lock)), now_(now) {}
+    SqliteTransaction(SqliteBackend& b, std::unique_lock<WriterLock> lock, std::shared_ptr<CommitGroup> group,
+                      int64_t now)
+        : b_(b), lock_(std::move(lock)), group_(std::move(group)), now_(now) {}
 
     ~SqliteTransaction() override {
-        if (open_) (void)b_.rollback_.Exec("ROLLBACK");
+        if (!open_) return;
+        if (broken_.ok()) {
+            (void)b_.uow_rollback_to_.Exec("ROLLBACK TO");  // undoes this unit only
+            (void)b_.uow_release_.Exec("RELEASE");
+        }
+        if (b_.ShareCommit()) return;  // the next unit of work carries the transaction on (lock_ unlocks)
+        (void)b_.EndGroup();
     }
 
     Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run(sql, params);
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         int rc;
         while ((rc = (*st)->Step()) == SQLITE_ROW) {
         }
         Status s = rc == SQLITE_DONE ? Status::Ok() : StatementError(rc, sql);
         (*st)->Reset();
-        if (!s.ok()) return s;
+        if (!s.ok()) return Checked(s);
         return static_cast<int64_t>(sqlite3_changes(b_.writer_->get()));
     }
 
     Result<Rows> Query(std::string_view sql, std::span<const SqlValue> params) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run(sql, params);
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         Stmt& q = **st;
         StmtReset reset(q);
         Rows rows;
@@ -799,14 +897,16 @@ public:
             for (int c = 0; c < n; ++c) row.push_back(ColumnValue(q, c));
             rows.rows.push_back(std::move(row));
         }
-        if (rc != SQLITE_DONE) return StatementError(rc, sql);
+        if (rc != SQLITE_DONE) return Checked(StatementError(rc, sql));
         return rows;
     }
 
     Result<AppendResult> Append(const AppendRequest& request) override {
-        KEEL_RETURN_IF_ERROR(b_.savepoint_.Exec("SAVEPOINT"));
+        KEEL_RETURN_IF_ERROR(broken_);
+        KEEL_RETURN_IF_ERROR(Checked(b_.savepoint_.Exec("SAVEPOINT")));
         bool wrote = false;
         Result<AppendResult> r = b_.AppendOne(request, now_, wrote);
+        if (!r.ok()) KEEL_RETURN_IF_ERROR(Checked(r.status()));  // SQLite may have ended the transaction
         if (!r.ok() && wrote) (void)b_.rollback_to_.Exec("ROLLBACK TO");
         (void)b_.release_.Exec("RELEASE");
         if (r.ok() && !r->already_present) last_position_ = std::max(last_position_, r->last_position);
@@ -814,10 +914,11 @@ public:
     }
 
     Status InsertOutbox(const OutboxMessage& m) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run("INSERT INTO keel_outbox (message_id, destination, key, payload, headers, created_at) "
                       "VALUES (?, ?, ?, ?, ?, ?)",
                       {});
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         Stmt& q = **st;
         const std::string headers = HeadersJson(m.headers);
         q.BindBlob(1, m.message_id.bytes_view()).Bind(2, std::string_view(m.destination));
@@ -829,48 +930,87 @@ public:
             return Status::AlreadyExists(
                 fmt::format("message id {} is in the outbox already", m.message_id.ToString()));
         }
-        return ToStatus(rc, b_.writer_->get(), "writing to the outbox");
+        return Checked(ToStatus(rc, b_.writer_->get(), "writing to the outbox"));
     }
 
     Result<bool> InsertInbox(std::string_view consumer, const Uuid& message_id) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run("INSERT INTO keel_inbox (consumer, message_id, processed_at) VALUES (?, ?, ?) "
                       "ON CONFLICT (consumer, message_id) DO NOTHING",
                       {});
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         Stmt& q = **st;
         q.Bind(1, consumer).BindBlob(2, message_id.bytes_view()).Bind(3, NowMicros());
-        KEEL_RETURN_IF_ERROR(q.Exec("writing to the inbox"));
+        KEEL_RETURN_IF_ERROR(Checked(q.Exec("writing to the inbox")));
         return sqlite3_changes(b_.writer_->get()) == 1;
     }
 
     Result<std::optional<int64_t>> LoadCheckpoint(std::string_view name) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run("SELECT position FROM keel_checkpoints WHERE name = ?", {});
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         Stmt& q = **st;
         StmtReset reset(q);
         q.Bind(1, name);
         const int rc = q.Step();
         if (rc == SQLITE_DONE) return std::optional<int64_t>();
-        if (rc != SQLITE_ROW) return ToStatus(rc, b_.writer_->get(), "reading a checkpoint");
+        if (rc != SQLITE_ROW) return Checked(ToStatus(rc, b_.writer_->get(), "reading a checkpoint"));
         return std::optional<int64_t>(q.Int(0));
     }
 
     Status SaveCheckpoint(std::string_view name, int64_t position) override {
+        KEEL_RETURN_IF_ERROR(broken_);
         auto st = Run("INSERT INTO keel_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
                       "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
                       {});
-        if (!st.ok()) return st.status();
+        if (!st.ok()) return Checked(st.status());
         (*st)->Bind(1, name).Bind(2, position).Bind(3, NowMicros());
-        return (*st)->Exec("writing a checkpoint");
+        return Checked((*st)->Exec("writing a checkpoint"));
     }
 
     Result<int64_t> Commit() override {
         open_ = false;
-        KEEL_RETURN_IF_ERROR(b_.CommitWriter("COMMIT of a unit of work"));
+        KEEL_RETURN_IF_ERROR(broken_);
+        if (Status s = Checked(b_.uow_release_.Exec("RELEASE")); !s.ok()) {
+            if (broken_.ok()) {  // the transaction is still there: leave nothing of this unit in it
+                (void)b_.uow_rollback_to_.Exec("ROLLBACK TO");
+                (void)b_.uow_release_.Exec("RELEASE");
+                if (!b_.ShareCommit()) (void)b_.EndGroup();
+            }
+            return s;
+        }
+        group_->Release();
+        if (!b_.ShareCommit()) {
+            KEEL_RETURN_IF_ERROR(b_.EndGroup());
+            return last_position_;
+        }
+        // A unit of work waits to begin: it takes the open transaction on; the commit that ends it is ours too.
+        lock_.unlock();
+        Status outcome;
+        while (!group_->WaitFor(std::chrono::milliseconds(20), outcome)) {
+            // Normally the unit that ends the transaction commits it. Should the write lock be free with the
+            // transaction still open (the waiting unit gave up), end it ourselves.
+            std::unique_lock lock(b_.write_mu_, std::try_to_lock);
+            if (lock.owns_lock() && b_.group_ == group_) (void)b_.EndGroup();
+        }
+        KEEL_RETURN_IF_ERROR(outcome);
         return last_position_;
     }
 
 private:
+    // After a failed statement: if SQLite rolled the whole transaction back (it does so after some I/O and memory
+    // errors), the units released into it are lost with it — they fail — and this unit can do nothing more.
+    Status Checked(Status s) {
+        if (!s.ok() && broken_.ok() && sqlite3_get_autocommit(b_.writer_->get())) {
+            broken_ = Status::Unavailable(
+                fmt::format("the unit of work's transaction was rolled back by SQLite after an error ({}); nothing of "
+                            "it was committed",
+                            s.message()));
+            b_.AbortGroup(s);
+        }
+        return s;
+    }
+
     // A cached statement for `sql` with `params` bound (statements are kept per connection, at most 64).
     Result<Stmt*> Run(std::string_view sql, std::span<const SqlValue> params) {
         auto& cache = b_.user_stmts_;
@@ -910,22 +1050,34 @@ private:
 
     SqliteBackend& b_;
     std::unique_lock<WriterLock> lock_;
+    std::shared_ptr<CommitGroup> group_;
     int64_t now_;
     int64_t last_position_ = 0;
     bool open_ = true;
+    Status broken_;  // set when SQLite ended the transaction under this unit
 };
 
 Result<std::unique_ptr<TransactionBackend>> SqliteBackend::BeginTransaction() {
     std::unique_lock lock(write_mu_, std::defer_lock);
-    if (!lock.try_lock_for(busy_timeout_)) return Busy();
+    ++uow_waiting_;
+    const bool locked = lock.try_lock_for(busy_timeout_);
+    --uow_waiting_;
+    if (!locked) return Busy();
     if (!sticky_.ok()) return sticky_;
-    KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE"));
-    auto clock = CommitClock();
-    if (!clock.ok()) {
-        (void)rollback_.Exec("ROLLBACK");
-        return clock.status();
+    if (group_ == nullptr) {
+        KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE"));
+        group_ = std::make_shared<CommitGroup>();
     }
-    return std::unique_ptr<TransactionBackend>(std::make_unique<SqliteTransaction>(*this, std::move(lock), *clock));
+    // Should this fail, the units already released into the transaction still get their commit.
+    auto end_on_error = [this](Status s) {
+        (void)EndGroup();
+        return s;
+    };
+    auto clock = CommitClock();
+    if (!clock.ok()) return end_on_error(clock.status());
+    if (Status s = uow_savepoint_.Exec("SAVEPOINT keel_uow"); !s.ok()) return end_on_error(s);
+    return std::unique_ptr<TransactionBackend>(
+        std::make_unique<SqliteTransaction>(*this, std::move(lock), group_, *clock));
 }
 
 Result<std::string> SqlitePath(const ParsedUri& uri) {

@@ -9,8 +9,11 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <thread>
+#include <vector>
 
 #include "keel/event_store.hpp"
+#include "keel/unit_of_work.hpp"
 
 namespace keel {
 namespace {
@@ -32,7 +35,10 @@ int FWrite(sqlite3_file* f, const void* b, int n, sqlite3_int64 o) {
     return Real(f)->pMethods->xWrite(Real(f), b, n, o);
 }
 int FTruncate(sqlite3_file* f, sqlite3_int64 s) { return Real(f)->pMethods->xTruncate(Real(f), s); }
+std::atomic<int64_t> g_syncs{0};
+
 int FSync(sqlite3_file* f, int flags) {
+    g_syncs.fetch_add(1);
     if (g_fail_sync) return SQLITE_IOERR_FSYNC;
     return Real(f)->pMethods->xSync(Real(f), flags);
 }
@@ -94,8 +100,8 @@ protected:
         g_fail_write = false;
         std::filesystem::remove_all(dir_);
     }
-    std::unique_ptr<EventStore> Open(bool faulty) {
-        auto s = OpenStore(uri_ + (faulty ? "?vfs=keel_faulty" : ""));
+    std::unique_ptr<EventStore> Open(bool faulty, const StoreOptions& options = {}) {
+        auto s = OpenStore(uri_ + (faulty ? "?vfs=keel_faulty" : ""), options);
         EXPECT_TRUE(s.ok()) << s.status().ToString();
         return s.ok() ? std::move(*s) : nullptr;
     }
@@ -162,6 +168,152 @@ TEST_F(SqliteFaultTest, FailedWriteLosesNothingAcknowledged) {
     auto again = store->Append("Acct-2", ExpectedVersion::Any(), big);
     ASSERT_TRUE(again.ok()) << again.status().ToString();
     EXPECT_EQ(store->ReadStream("Acct-2", {}).value().size(), 53u);
+}
+
+// fsyncs of `units` units of work (a row each) committed from 4 threads at once, Durability::kFull.
+int64_t SyncsForConcurrentUnits(EventStore& store, int units) {
+    {
+        auto uow = UnitOfWork::Begin(store).value();
+        EXPECT_TRUE(uow.Exec("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY)").ok());
+        EXPECT_TRUE(uow.Commit().ok());
+    }
+    const int64_t before = g_syncs.load();
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&, t] {
+            for (int i = t; i < units; i += 4) {
+                auto uow = UnitOfWork::Begin(store);
+                if (!uow.ok() || !uow->Exec("INSERT INTO t (id) VALUES (?)", {std::to_string(i)}).ok() ||
+                    !uow->Commit().ok()) {
+                    failures.fetch_add(1);
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    auto uow = UnitOfWork::Begin(store).value();
+    EXPECT_EQ(uow.Query("SELECT count(*) FROM t").value().Int(0, 0).value(), units);
+    return g_syncs.load() - before;
+}
+
+TEST_F(SqliteFaultTest, ConcurrentUnitsOfWorkShareFsyncs) {
+    constexpr int kUnits = 400;
+    StoreOptions alone;
+    alone.max_units_per_commit = 1;
+    auto store = Open(/*faulty=*/true, alone);
+    ASSERT_TRUE(store);
+    const int64_t unshared = SyncsForConcurrentUnits(*store, kUnits);
+    store.reset();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    store = Open(/*faulty=*/true);
+    ASSERT_TRUE(store);
+    const int64_t shared = SyncsForConcurrentUnits(*store, kUnits);
+    // One fsync per commit (the WAL's), plus checkpoints.
+    EXPECT_GE(unshared, kUnits);
+    EXPECT_LT(shared, unshared * 3 / 4) << "shared " << shared << " fsyncs, unshared " << unshared;
+}
+
+// A unit of work released into a shared transaction whose commit then fails gets the failure too, and the units of
+// the transaction are all there or none is.
+TEST_F(SqliteFaultTest, FailedSharedCommitFailsEveryUnitInIt) {
+    auto store = Open(/*faulty=*/true);
+    ASSERT_TRUE(store);
+    {
+        auto uow = UnitOfWork::Begin(*store).value();
+        ASSERT_TRUE(uow.Exec("CREATE TABLE t (id TEXT PRIMARY KEY)").ok());
+        ASSERT_TRUE(uow.Commit().ok());
+    }
+    bool shared = false;
+    for (int round = 0; round < 5 && !shared; ++round) {
+        const std::string a = "a" + std::to_string(round), b = "b" + std::to_string(round);
+        auto unit_a = UnitOfWork::Begin(*store).value();
+        ASSERT_TRUE(unit_a.Exec("INSERT INTO t (id) VALUES (?)", {a}).ok());
+        std::atomic<bool> b_committed{false};
+        Status b_status;
+        std::thread other([&] {
+            auto unit_b = UnitOfWork::Begin(*store);
+            ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
+            ASSERT_TRUE(unit_b->Exec("INSERT INTO t (id) VALUES (?)", {b}).ok());
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            g_fail_sync = true;
+            b_status = unit_b->Commit();
+            g_fail_sync = false;
+            b_committed = true;
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // B waits in Begin by now, usually
+        Status a_status = unit_a.Commit();
+        shared = b_committed.load();
+        other.join();
+        if (!shared) {  // A committed alone before B began (and B's commit failed alone): try again
+            store.reset();
+            store = Open(/*faulty=*/true);
+            ASSERT_TRUE(store);
+            continue;
+        }
+        EXPECT_EQ(b_status.code(), StatusCode::kUnavailable) << b_status.ToString();
+        EXPECT_EQ(a_status.code(), StatusCode::kUnavailable) << a_status.ToString();
+        // The store refuses writes until reopened; then A's and B's rows are both there or both missing.
+        EXPECT_EQ(UnitOfWork::Begin(*store).status().code(), StatusCode::kFailedPrecondition);
+        store.reset();
+        store = Open(/*faulty=*/false);
+        ASSERT_TRUE(store);
+        auto uow = UnitOfWork::Begin(*store).value();
+        const int64_t n = uow.Query("SELECT count(*) FROM t WHERE id IN (?, ?)", {a, b}).value().Int(0, 0).value();
+        EXPECT_TRUE(n == 0 || n == 2) << n;
+    }
+    EXPECT_TRUE(shared) << "the first unit's Commit never waited for the unit that began behind it";
+}
+
+// SQLite rolls a whole transaction back after some write errors: the units already released into the shared
+// transaction must then fail as well, and nothing of any of them may be committed.
+TEST_F(SqliteFaultTest, TransactionRolledBackBySqliteFailsTheUnitsSharingIt) {
+    auto store = Open(/*faulty=*/true);
+    ASSERT_TRUE(store);
+    {
+        auto uow = UnitOfWork::Begin(*store).value();
+        ASSERT_TRUE(uow.Exec("CREATE TABLE t (id TEXT PRIMARY KEY, data BLOB)").ok());
+        ASSERT_TRUE(uow.Commit().ok());
+    }
+    bool shared = false;
+    bool rolled_back = false;
+    for (int round = 0; round < 5 && !shared; ++round) {
+        const std::string a = "a" + std::to_string(round), b = "b" + std::to_string(round);
+        auto unit_a = UnitOfWork::Begin(*store).value();
+        ASSERT_TRUE(unit_a.Exec("INSERT INTO t (id, data) VALUES (?, x'00')", {a}).ok());
+        std::atomic<bool> b_done{false};
+        Status b_commit;
+        std::thread other([&] {
+            auto unit_b = UnitOfWork::Begin(*store);
+            ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            // A page cache of a few pages makes SQLite write (spill) dirty pages during the statement: failing
+            // those writes with SQLITE_FULL makes it roll the transaction back.
+            ASSERT_TRUE(unit_b->Exec("PRAGMA cache_size = 4").ok());
+            g_fail_write = true;
+            auto big = unit_b->Exec("INSERT INTO t (id, data) VALUES (?, zeroblob(4000000))", {b});
+            g_fail_write = false;
+            (void)unit_b->Exec("PRAGMA cache_size = -16384");
+            if (!big.ok()) {
+                b_commit = unit_b->Commit();
+                rolled_back = b_commit.code() == StatusCode::kUnavailable;
+            }
+            b_done = true;
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        Status a_status = unit_a.Commit();
+        shared = b_done.load();
+        other.join();
+        if (!shared) continue;
+        ASSERT_TRUE(rolled_back) << "SQLite did not roll the transaction back; b's commit: " << b_commit.ToString();
+        EXPECT_EQ(a_status.code(), StatusCode::kUnavailable) << a_status.ToString();
+        auto uow = UnitOfWork::Begin(*store);
+        ASSERT_TRUE(uow.ok()) << uow.status().ToString();
+        EXPECT_EQ(uow->Query("SELECT count(*) FROM t WHERE id IN (?, ?)", {a, b}).value().Int(0, 0).value(), 0);
+    }
+    EXPECT_TRUE(shared) << "the first unit's Commit never waited for the unit that began behind it";
 }
 
 }  // namespace

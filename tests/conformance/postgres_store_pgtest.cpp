@@ -161,6 +161,34 @@ TEST_F(PostgresTest, SubscriberNeverSkipsAnEarlierTransactionThatCommitsLater) {
     EXPECT_EQ(all.events[2].type, "FromB");
 }
 
+// Regression: keel_append_batch plans its statements once per session (generic plans). Planned while keel_streams
+// was small, the UPDATE of a batch's stream versions became a hash join over a sequential scan, so every batch read
+// every stream row (dead versions too) and concurrent appends slowed down as the store grew. A batch must touch its
+// streams' rows through the index only.
+TEST_F(PostgresTest, AppendBatchReadsOnlyItsOwnStreamRows) {
+    for (int i = 0; i < 300; ++i) {
+        ASSERT_TRUE(store_->Append("Many-" + std::to_string(i), ExpectedVersion::NoStream(), {Event("Made")}).ok());
+    }
+    RawConn c(ServerUri());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.Exec("SET search_path TO " + schema_);
+    c.Exec("ANALYZE keel_streams");
+    c.Exec("BEGIN");
+    // 16 appends to existing streams and 4 to new ones, in one call, as the group commit sends them.
+    c.Exec("SELECT count(*) FROM keel_append_batch("
+           "array(SELECT CASE WHEN g <= 16 THEN 'Many-' || (g * 7) ELSE 'Fresh-' || g END FROM generate_series(1, 20) g), "
+           "array_fill(0, ARRAY[20]), array_fill(-1::bigint, ARRAY[20]), array_fill(1, ARRAY[20]), "
+           "array(SELECT g FROM generate_series(1, 20) g), array(SELECT gen_random_uuid() FROM generate_series(1, 20)), "
+           "array_fill('Batched'::text, ARRAY[20]), array_fill('\\x7b7d'::bytea, ARRAY[20]), "
+           "array_fill(''::text, ARRAY[20]), 1)");
+    const std::string scans = c.Exec(
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = '" + schema_ + "' AND relname = 'keel_streams'");
+    c.Exec("COMMIT");
+    EXPECT_EQ(scans, "0") << "keel_append_batch scanned keel_streams sequentially";
+    EXPECT_EQ(store_->ReadStream("Many-7").value().size(), 2u);
+    EXPECT_EQ(store_->ReadStream("Fresh-20").value().size(), 1u);
+}
+
 // Two OS processes append to the same streams with exact expected versions: every conflict is detected and no
 // (stream, version) is written twice.
 TEST_F(PostgresTest, TwoProcessesWithExactVersionsNeverWriteAVersionTwice) {

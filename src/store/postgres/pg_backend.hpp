@@ -13,7 +13,7 @@
 
 namespace keel::detail {
 
-inline constexpr int64_t kPostgresSchemaVersion = 3;
+inline constexpr int64_t kPostgresSchemaVersion = 4;
 
 // URI: postgresql://[user[:password]@]host[:port]/database[?schema=NAME&<libpq parameters>]. `schema` puts keel's
 // tables into that PostgreSQL schema (created if missing); other parameters go to libpq unchanged.

@@ -7,7 +7,7 @@
 
 namespace keel::detail::pg_schema {
 
-inline constexpr std::array<std::string_view, 3> kMigrations = {
+inline constexpr std::array<std::string_view, 4> kMigrations = {
     // 0 -> 1
     R"sql(
 CREATE TABLE keel_events (
@@ -386,6 +386,14 @@ BEGIN
         v_off := v_off + v_n;
     END LOOP;
 END $$;
+)sql",
+    // 3 -> 4: keel_append_batch's statements on keel_streams by index only. Its plans are generic (planned once per
+    // session): planned while keel_streams was small, the UPDATE of the batch's stream versions became a hash join
+    // over a sequential scan of the whole table — every batch read every stream row, dead versions included.
+    R"sql(
+ALTER FUNCTION keel_append_batch(text[], integer[], bigint[], integer[], integer[], uuid[], text[], bytea[], text[],
+                                 bigint)
+    SET enable_seqscan = off;
 )sql",
 };
 

@@ -170,13 +170,16 @@ TEST_F(SqliteFaultTest, FailedWriteLosesNothingAcknowledged) {
     EXPECT_EQ(store->ReadStream("Acct-2", {}).value().size(), 53u);
 }
 
+// The table the unit-of-work tests write to.
+void CreateTable(EventStore& store) {
+    auto uow = UnitOfWork::Begin(store).value();
+    ASSERT_TRUE(uow.Exec("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, data BLOB)").ok());
+    ASSERT_TRUE(uow.Commit().ok());
+}
+
 // fsyncs of `units` units of work (a row each) committed from 4 threads at once, Durability::kFull.
 int64_t SyncsForConcurrentUnits(EventStore& store, int units) {
-    {
-        auto uow = UnitOfWork::Begin(store).value();
-        EXPECT_TRUE(uow.Exec("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY)").ok());
-        EXPECT_TRUE(uow.Commit().ok());
-    }
+    CreateTable(store);
     const int64_t before = g_syncs.load();
     std::vector<std::thread> threads;
     std::atomic<int> failures{0};
@@ -221,11 +224,7 @@ TEST_F(SqliteFaultTest, ConcurrentUnitsOfWorkShareFsyncs) {
 TEST_F(SqliteFaultTest, FailedSharedCommitFailsEveryUnitInIt) {
     auto store = Open(/*faulty=*/true);
     ASSERT_TRUE(store);
-    {
-        auto uow = UnitOfWork::Begin(*store).value();
-        ASSERT_TRUE(uow.Exec("CREATE TABLE t (id TEXT PRIMARY KEY)").ok());
-        ASSERT_TRUE(uow.Commit().ok());
-    }
+    CreateTable(*store);
     bool shared = false;
     for (int round = 0; round < 5 && !shared; ++round) {
         const std::string a = "a" + std::to_string(round), b = "b" + std::to_string(round);
@@ -272,11 +271,7 @@ TEST_F(SqliteFaultTest, FailedSharedCommitFailsEveryUnitInIt) {
 TEST_F(SqliteFaultTest, TransactionRolledBackBySqliteFailsTheUnitsSharingIt) {
     auto store = Open(/*faulty=*/true);
     ASSERT_TRUE(store);
-    {
-        auto uow = UnitOfWork::Begin(*store).value();
-        ASSERT_TRUE(uow.Exec("CREATE TABLE t (id TEXT PRIMARY KEY, data BLOB)").ok());
-        ASSERT_TRUE(uow.Commit().ok());
-    }
+    CreateTable(*store);
     bool shared = false;
     bool rolled_back = false;
     for (int round = 0; round < 5 && !shared; ++round) {

@@ -19,8 +19,8 @@
 /// to Commit()/rollback, so other writers (appends through the same store included) wait: keep units of work short.
 /// Units of work of one `sqlite:` store that begin while another runs share its commit
 /// (StoreOptions::max_units_per_commit): Commit() then returns when the last of them has ended and their common
-/// commit is durable — never before, and with that commit's outcome — so a unit of work must not wait for another
-/// thread's unit of work to finish.
+/// commit is durable — never before, and with that commit's outcome. So inside a unit of work never wait for another
+/// thread (a mutex it may hold, a result it produces): it may be inside Commit(), waiting for this unit to end.
 /// On `postgresql:` it runs on a connection of its own; each statement runs under a savepoint (so a failed one leaves
 /// the unit usable), which costs two extra round trips per statement.
 
@@ -113,7 +113,8 @@ public:
     ~UnitOfWork();  // rolls back unless committed
 
     /// Runs one SQL statement of the service's own with `?` placeholders; returns the number of rows changed.
-    /// Errors: kInvalidArgument for SQL the database rejects (syntax, constraint), with the database's message;
+    /// Errors: kInvalidArgument for SQL the database rejects (syntax, constraint), with the database's message, and
+    /// on `sqlite:` for SQL that controls the transaction (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE);
     /// kAlreadyExists for a unique-constraint violation; kFailedPrecondition after Commit or a failed commit.
     Result<int64_t> Exec(std::string_view sql, std::initializer_list<SqlValue> params = {});
     Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params);

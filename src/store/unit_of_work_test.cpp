@@ -300,6 +300,21 @@ TEST_F(UnitOfWorkTest, ConcurrentUnitsOfWorkAllCommitWithTheirEventsAndOutbox) {
     }
 }
 
+TEST_F(UnitOfWorkTest, SqlThatControlsTheTransactionIsRefused) {
+    auto uow = UnitOfWork::Begin(*store_).value();
+    ASSERT_TRUE(uow.Exec("INSERT INTO accounts (id, balance) VALUES ('kept', 1)").ok());
+    for (const char* sql : {"COMMIT", "ROLLBACK", "BEGIN", "SAVEPOINT x", "RELEASE keel_uow", "END"}) {
+        auto r = uow.Exec(sql);
+        EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << sql;
+        EXPECT_NE(r.status().message().find("controls the transaction"), std::string::npos) << r.status().message();
+    }
+    // Nothing was committed early, and the unit still works.
+    EXPECT_EQ(store_->ReadStream("Nothing").status().code(), StatusCode::kNotFound);
+    ASSERT_TRUE(uow.Exec("INSERT INTO accounts (id, balance) VALUES ('also', 2)").ok());
+    ASSERT_TRUE(uow.Commit().ok());
+    EXPECT_EQ(Count("accounts"), 2);
+}
+
 TEST(UnitOfWorkMemory, StorageWithoutTransactionsIsRefused) {
     auto store = OpenStore("memory:").value();
     auto uow = UnitOfWork::Begin(*store);

@@ -797,10 +797,12 @@ private:
     }
 
     // With the write lock held, when a unit of work ends: true if it should leave the transaction open for a unit
-    // of work waiting to begin instead of ending it.
+    // of work waiting to begin instead of ending it. Only a transaction that carries released units is handed on:
+    // they wait for it, and take it over should the waiting unit give up.
     bool ShareCommit() const {
-        return group_ != nullptr && uow_waiting_.load() > 0 && group_->members < max_units_per_commit_ &&
-               (group_->members == 0 || std::chrono::steady_clock::now() - group_->first_release < kMaxGroupAge);
+        return group_ != nullptr && group_->members > 0 && uow_waiting_.load() > 0 &&
+               group_->members < max_units_per_commit_ &&
+               std::chrono::steady_clock::now() - group_->first_release < kMaxGroupAge;
     }
 
     static constexpr auto kMaxGroupAge = std::chrono::milliseconds(10);
@@ -859,11 +861,8 @@ public:
         : b_(b), lock_(std::move(lock)), group_(std::move(group)), now_(now) {}
 
     ~SqliteTransaction() override {
-        if (!open_) return;
-        if (broken_.ok()) {
-            (void)b_.uow_rollback_to_.Exec("ROLLBACK TO");  // undoes this unit only
-            (void)b_.uow_release_.Exec("RELEASE");
-        }
+        if (!open_ || !broken_.ok()) return;
+        if (!UndoThisUnit()) return;
         if (b_.ShareCommit()) return;  // the next unit of work carries the transaction on (lock_ unlocks)
         (void)b_.EndGroup();
     }
@@ -906,9 +905,14 @@ public:
         KEEL_RETURN_IF_ERROR(Checked(b_.savepoint_.Exec("SAVEPOINT")));
         bool wrote = false;
         Result<AppendResult> r = b_.AppendOne(request, now_, wrote);
-        if (!r.ok()) KEEL_RETURN_IF_ERROR(Checked(r.status()));  // SQLite may have ended the transaction
-        if (!r.ok() && wrote) (void)b_.rollback_to_.Exec("ROLLBACK TO");
-        (void)b_.release_.Exec("RELEASE");
+        if (!r.ok()) {
+            (void)Checked(r.status());
+            if (!broken_.ok()) return r;  // SQLite ended the transaction
+        }
+        Status undo;
+        if (!r.ok() && wrote) undo = b_.rollback_to_.Exec("ROLLBACK TO");
+        if (undo.ok()) undo = b_.release_.Exec("RELEASE");
+        if (!undo.ok()) return Fail(undo);
         if (r.ok() && !r->already_present) last_position_ = std::max(last_position_, r->last_position);
         return r;
     }
@@ -972,11 +976,8 @@ public:
         open_ = false;
         KEEL_RETURN_IF_ERROR(broken_);
         if (Status s = Checked(b_.uow_release_.Exec("RELEASE")); !s.ok()) {
-            if (broken_.ok()) {  // the transaction is still there: leave nothing of this unit in it
-                (void)b_.uow_rollback_to_.Exec("ROLLBACK TO");
-                (void)b_.uow_release_.Exec("RELEASE");
-                if (!b_.ShareCommit()) (void)b_.EndGroup();
-            }
+            // The transaction is still there: leave nothing of this unit in it.
+            if (broken_.ok() && UndoThisUnit() && !b_.ShareCommit()) (void)b_.EndGroup();
             return s;
         }
         group_->Release();
@@ -998,16 +999,30 @@ public:
     }
 
 private:
+    // Rolls this unit back to its savepoint. If that fails, the whole shared transaction is rolled back and its
+    // released units fail (nothing of this unit may be committed with them); returns false then.
+    bool UndoThisUnit() {
+        Status s = b_.uow_rollback_to_.Exec("ROLLBACK TO");
+        if (s.ok()) s = b_.uow_release_.Exec("RELEASE");
+        if (s.ok()) return true;
+        (void)Fail(s);
+        return false;
+    }
+
+    // Gives up the transaction: rolled back whole, its released units failed, this unit finished.
+    Status Fail(const Status& cause) {
+        broken_ = Status::Unavailable(
+            fmt::format("the unit of work's transaction was rolled back after an error ({}); nothing of it was "
+                        "committed",
+                        cause.message()));
+        b_.AbortGroup(cause);
+        return cause;
+    }
+
     // After a failed statement: if SQLite rolled the whole transaction back (it does so after some I/O and memory
     // errors), the units released into it are lost with it — they fail — and this unit can do nothing more.
     Status Checked(Status s) {
-        if (!s.ok() && broken_.ok() && sqlite3_get_autocommit(b_.writer_->get())) {
-            broken_ = Status::Unavailable(
-                fmt::format("the unit of work's transaction was rolled back by SQLite after an error ({}); nothing of "
-                            "it was committed",
-                            s.message()));
-            b_.AbortGroup(s);
-        }
+        if (!s.ok() && broken_.ok() && sqlite3_get_autocommit(b_.writer_->get())) (void)Fail(s);
         return s;
     }
 
@@ -1017,7 +1032,25 @@ private:
         auto it = cache.find(std::string(sql));
         if (it == cache.end()) {
             if (cache.size() >= 64) cache.clear();
+            // The unit of work owns the transaction (it may share it with others): SQL of the service's that would
+            // end it or nest one (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is refused when it is prepared.
+            bool refused = false;
+            sqlite3_set_authorizer(
+                b_.writer_->get(),
+                [](void* flag, int action, const char*, const char*, const char*, const char*) {
+                    if (action != SQLITE_TRANSACTION && action != SQLITE_SAVEPOINT) return SQLITE_OK;
+                    *static_cast<bool*>(flag) = true;
+                    return SQLITE_DENY;
+                },
+                &refused);
             auto st = b_.writer_->PreparePersistent(sql);
+            sqlite3_set_authorizer(b_.writer_->get(), nullptr, nullptr);
+            if (refused) {
+                return Status::InvalidArgument(fmt::format(
+                    "SQL '{}' controls the transaction; a unit of work begins, commits and rolls back its "
+                    "transaction itself (Commit(), or destroying it uncommitted)",
+                    sql.substr(0, 80)));
+            }
             if (!st.ok()) return Status::InvalidArgument(st.status().message());
             it = cache.emplace(std::string(sql), std::move(*st)).first;
         }
@@ -1064,13 +1097,20 @@ Result<std::unique_ptr<TransactionBackend>> SqliteBackend::BeginTransaction() {
     --uow_waiting_;
     if (!locked) return Busy();
     if (!sticky_.ok()) return sticky_;
+    if (group_ != nullptr && sqlite3_get_autocommit(writer_->get())) {
+        AbortGroup(Status::Internal("the shared transaction ended unnoticed"));  // never leave them waiting
+    }
     if (group_ == nullptr) {
         KEEL_RETURN_IF_ERROR(begin_.Exec("BEGIN IMMEDIATE"));
         group_ = std::make_shared<CommitGroup>();
     }
-    // Should this fail, the units already released into the transaction still get their commit.
+    // Should this fail, the units already released into the transaction still get their commit, if it is there.
     auto end_on_error = [this](Status s) {
-        (void)EndGroup();
+        if (sqlite3_get_autocommit(writer_->get())) {
+            AbortGroup(s);
+        } else {
+            (void)EndGroup();
+        }
         return s;
     };
     auto clock = CommitClock();

@@ -861,10 +861,7 @@ public:
         : b_(b), lock_(std::move(lock)), group_(std::move(group)), now_(now) {}
 
     ~SqliteTransaction() override {
-        if (!open_ || !broken_.ok()) return;
-        if (!UndoThisUnit()) return;
-        if (b_.ShareCommit()) return;  // the next unit of work carries the transaction on (lock_ unlocks)
-        (void)b_.EndGroup();
+        if (open_ && broken_.ok()) RollBack();
     }
 
     Result<int64_t> Exec(std::string_view sql, std::span<const SqlValue> params) override {
@@ -977,7 +974,7 @@ public:
         KEEL_RETURN_IF_ERROR(broken_);
         if (Status s = Checked(b_.uow_release_.Exec("RELEASE")); !s.ok()) {
             // The transaction is still there: leave nothing of this unit in it.
-            if (broken_.ok() && UndoThisUnit() && !b_.ShareCommit()) (void)b_.EndGroup();
+            if (broken_.ok()) RollBack();
             return s;
         }
         group_->Release();
@@ -999,14 +996,17 @@ public:
     }
 
 private:
-    // Rolls this unit back to its savepoint. If that fails, the whole shared transaction is rolled back and its
-    // released units fail (nothing of this unit may be committed with them); returns false then.
-    bool UndoThisUnit() {
+    // Rolls this unit back to its savepoint, then hands the transaction on to a waiting unit or ends it (a commit
+    // for the units released into it). If the rollback fails, the whole shared transaction is rolled back and its
+    // released units fail: nothing of this unit may be committed with them.
+    void RollBack() {
         Status s = b_.uow_rollback_to_.Exec("ROLLBACK TO");
         if (s.ok()) s = b_.uow_release_.Exec("RELEASE");
-        if (s.ok()) return true;
-        (void)Fail(s);
-        return false;
+        if (!s.ok()) {
+            (void)Fail(s);
+            return;
+        }
+        if (!b_.ShareCommit()) (void)b_.EndGroup();  // else the next unit carries the transaction on
     }
 
     // Gives up the transaction: rolled back whole, its released units failed, this unit finished.

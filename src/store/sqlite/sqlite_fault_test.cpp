@@ -219,6 +219,28 @@ TEST_F(SqliteFaultTest, ConcurrentUnitsOfWorkShareFsyncs) {
     EXPECT_LT(shared, unshared * 3 / 4) << "shared " << shared << " fsyncs, unshared " << unshared;
 }
 
+// One try at two units of work sharing a commit: A inserts row `a` and commits while B, begun behind it on another
+// thread, runs `b_body` (which ends B). Returns whether A's Commit waited for B (otherwise A committed alone, before
+// B began); `a_status` is A's commit.
+template <class F>
+bool ShareRound(EventStore& store, const std::string& a, F b_body, Status& a_status) {
+    auto unit_a = UnitOfWork::Begin(store).value();
+    EXPECT_TRUE(unit_a.Exec("INSERT INTO t (id) VALUES (?)", {a}).ok());
+    std::atomic<bool> b_done{false};
+    std::thread other([&] {
+        auto unit_b = UnitOfWork::Begin(store);
+        ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        b_body(*unit_b);
+        b_done = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // B waits in Begin by now, usually
+    a_status = unit_a.Commit();
+    const bool shared = b_done.load();
+    other.join();
+    return shared;
+}
+
 // A unit of work released into a shared transaction whose commit then fails gets the failure too, and the units of
 // the transaction are all there or none is.
 TEST_F(SqliteFaultTest, FailedSharedCommitFailsEveryUnitInIt) {
@@ -228,24 +250,16 @@ TEST_F(SqliteFaultTest, FailedSharedCommitFailsEveryUnitInIt) {
     bool shared = false;
     for (int round = 0; round < 5 && !shared; ++round) {
         const std::string a = "a" + std::to_string(round), b = "b" + std::to_string(round);
-        auto unit_a = UnitOfWork::Begin(*store).value();
-        ASSERT_TRUE(unit_a.Exec("INSERT INTO t (id) VALUES (?)", {a}).ok());
-        std::atomic<bool> b_committed{false};
-        Status b_status;
-        std::thread other([&] {
-            auto unit_b = UnitOfWork::Begin(*store);
-            ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
-            ASSERT_TRUE(unit_b->Exec("INSERT INTO t (id) VALUES (?)", {b}).ok());
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            g_fail_sync = true;
-            b_status = unit_b->Commit();
-            g_fail_sync = false;
-            b_committed = true;
-        });
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // B waits in Begin by now, usually
-        Status a_status = unit_a.Commit();
-        shared = b_committed.load();
-        other.join();
+        Status a_status, b_status;
+        shared = ShareRound(
+            *store, a,
+            [&](UnitOfWork& unit_b) {
+                ASSERT_TRUE(unit_b.Exec("INSERT INTO t (id) VALUES (?)", {b}).ok());
+                g_fail_sync = true;
+                b_status = unit_b.Commit();
+                g_fail_sync = false;
+            },
+            a_status);
         if (!shared) {  // A committed alone before B began (and B's commit failed alone): try again
             store.reset();
             store = Open(/*faulty=*/true);
@@ -276,31 +290,23 @@ TEST_F(SqliteFaultTest, TransactionRolledBackBySqliteFailsTheUnitsSharingIt) {
     bool rolled_back = false;
     for (int round = 0; round < 5 && !shared; ++round) {
         const std::string a = "a" + std::to_string(round), b = "b" + std::to_string(round);
-        auto unit_a = UnitOfWork::Begin(*store).value();
-        ASSERT_TRUE(unit_a.Exec("INSERT INTO t (id, data) VALUES (?, x'00')", {a}).ok());
-        std::atomic<bool> b_done{false};
-        Status b_commit;
-        std::thread other([&] {
-            auto unit_b = UnitOfWork::Begin(*store);
-            ASSERT_TRUE(unit_b.ok()) << unit_b.status().ToString();
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-            // A page cache of a few pages makes SQLite write (spill) dirty pages during the statement: failing
-            // those writes with SQLITE_FULL makes it roll the transaction back.
-            ASSERT_TRUE(unit_b->Exec("PRAGMA cache_size = 4").ok());
-            g_fail_write = true;
-            auto big = unit_b->Exec("INSERT INTO t (id, data) VALUES (?, zeroblob(4000000))", {b});
-            g_fail_write = false;
-            (void)unit_b->Exec("PRAGMA cache_size = -16384");
-            if (!big.ok()) {
-                b_commit = unit_b->Commit();
-                rolled_back = b_commit.code() == StatusCode::kUnavailable;
-            }
-            b_done = true;
-        });
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        Status a_status = unit_a.Commit();
-        shared = b_done.load();
-        other.join();
+        Status a_status, b_commit;
+        shared = ShareRound(
+            *store, a,
+            [&](UnitOfWork& unit_b) {
+                // A page cache of a few pages makes SQLite write (spill) dirty pages during the statement: failing
+                // those writes with SQLITE_FULL makes it roll the transaction back.
+                ASSERT_TRUE(unit_b.Exec("PRAGMA cache_size = 4").ok());
+                g_fail_write = true;
+                auto big = unit_b.Exec("INSERT INTO t (id, data) VALUES (?, zeroblob(4000000))", {b});
+                g_fail_write = false;
+                (void)unit_b.Exec("PRAGMA cache_size = -16384");
+                if (!big.ok()) {
+                    b_commit = unit_b.Commit();
+                    rolled_back = b_commit.code() == StatusCode::kUnavailable;
+                }
+            },
+            a_status);
         if (!shared) continue;
         ASSERT_TRUE(rolled_back) << "SQLite did not roll the transaction back; b's commit: " << b_commit.ToString();
         EXPECT_EQ(a_status.code(), StatusCode::kUnavailable) << a_status.ToString();

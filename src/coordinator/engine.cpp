@@ -749,7 +749,12 @@ struct Engine::Impl : std::enable_shared_from_this<Impl> {
 Engine::Engine(asio::io_context& io, std::unique_ptr<Storage> storage, EngineOptions options, bool exclusive)
     : impl_(std::make_shared<Impl>(io, std::move(storage), std::move(options), exclusive)) {}
 
-Engine::~Engine() { Stop(); }
+Engine::~Engine() {
+    Stop();
+    // A storage thread still working would post its completion into `io` after `io` is gone; coroutine frames whose
+    // completions are queued then die with `io`'s queue.
+    impl_->pool.join();
+}
 
 void Engine::Start() { asio::co_spawn(impl_->cron_strand, impl_->CronLoop(), asio::detached); }
 

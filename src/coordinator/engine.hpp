@@ -63,6 +63,8 @@ struct ApiResult {
 class Engine {
 public:
     Engine(boost::asio::io_context& io, std::unique_ptr<Storage> storage, EngineOptions options, bool exclusive);
+    /// Stops the engine and waits for the storage calls in flight: their completions are queued on `io` before it
+    /// can be destroyed. Destroy the engine after `io` has stopped running and before `io` itself.
     ~Engine();
 
     /// Starts the cron loop (recovery of due transactions). With an exclusive store, leases left by a previous

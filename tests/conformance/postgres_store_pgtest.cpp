@@ -189,6 +189,48 @@ TEST_F(PostgresTest, AppendBatchReadsOnlyItsOwnStreamRows) {
     EXPECT_EQ(store_->ReadStream("Fresh-20").value().size(), 1u);
 }
 
+// A lone append to a live stream whose expectation holds is one plain statement; keel_append (PL/pgSQL, as costly
+// as the insert itself) only decides the rest. Shown by making keel_append fail: the fast appends still go through,
+// a conflict and an idempotent re-send reach it.
+TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
+    ASSERT_TRUE(store_->Append("Fast-1", ExpectedVersion::NoStream(), {Event("Made")}).ok());
+    RawConn c(ServerUri());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.Exec("SET search_path TO " + schema_);
+    c.Exec("CREATE OR REPLACE FUNCTION keel_append(p_stream text, p_kind integer, p_expected bigint, p_ids uuid[], "
+           "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
+           "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
+           "RAISE EXCEPTION 'keel_append was called'; END $$");
+
+    auto exact = store_->Append("Fast-1", ExpectedVersion::Exact(0), {Event("Exact")});
+    ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+    EXPECT_EQ(exact->next_expected_version, 1);
+    auto any = store_->Append("Fast-1", ExpectedVersion::Any(), {Event("Any")});
+    ASSERT_TRUE(any.ok()) << any.status().ToString();
+    EXPECT_EQ(any->first_position, exact->first_position + 1);
+    const EventData resent = Event("Resent");
+    auto three = store_->Append("Fast-1", ExpectedVersion::StreamExists(), {Event("A"), resent, Event("C")});
+    ASSERT_TRUE(three.ok()) << three.status().ToString();
+    EXPECT_EQ(three->next_expected_version, 5);
+    EXPECT_EQ(three->last_position, three->first_position + 2);
+
+    auto conflict = store_->Append("Fast-1", ExpectedVersion::Exact(1), {Event("Late")});
+    ASSERT_FALSE(conflict.ok());
+    EXPECT_NE(conflict.status().message().find("keel_append was called"), std::string::npos)
+        << conflict.status().ToString();
+    auto again = store_->Append("Fast-1", ExpectedVersion::Exact(5), {resent});
+    ASSERT_FALSE(again.ok()) << "an event id stored already must not be written by the plain statement";
+    EXPECT_NE(again.status().message().find("keel_append was called"), std::string::npos)
+        << again.status().ToString();
+
+    auto events = store_->ReadStream("Fast-1");
+    ASSERT_TRUE(events.ok()) << events.status().ToString();
+    std::vector<std::string> types;
+    for (const auto& e : *events) types.push_back(e.type + "@" + std::to_string(e.stream_version));
+    EXPECT_EQ(types, (std::vector<std::string>{"Made@0", "Exact@1", "Any@2", "A@3", "Resent@4", "C@5"}));
+    EXPECT_EQ(store_->GetStream("Fast-1").value().version, 5);
+}
+
 // Two OS processes append to the same streams with exact expected versions: every conflict is detected and no
 // (stream, version) is written twice.
 TEST_F(PostgresTest, TwoProcessesWithExactVersionsNeverWriteAVersionTwice) {

@@ -102,6 +102,19 @@ std::vector<StmtDef> Statements() {
         {"append",
          "SELECT code, actual, first_pos, last_pos, next_version FROM keel_append($1, $2, $3, $4, $5, $6, $7, $8)",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        // A lone append to an existing, live stream whose expectation holds, as one plain statement (no function
+        // call: keel_append's PL/pgSQL costs as much as the insert). No row: the stream is missing, deleted or at
+        // another version; a unique violation: an event id is stored already. Either way nothing was written and
+        // keel_append decides.
+        {"append_fast",
+         "WITH s AS (UPDATE keel_streams SET version = version + cardinality($4::uuid[]), updated_at = $8 "
+         "WHERE stream_id = $1 AND state = 0 AND ($2 = 0 OR ($2 = 1 AND version < 0) OR ($2 = 2 AND version >= 0) "
+         "OR ($2 = 3 AND version = $3)) RETURNING version) "
+         "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+         "SELECT e.id, $1, s.version - cardinality($4::uuid[]) + e.ord, e.t, e.d, e.m, $8 "
+         "FROM s, unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[]) WITH ORDINALITY AS e(id, t, d, m, ord) "
+         "ORDER BY e.ord RETURNING global_position, stream_version",
+         {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
         {"append_batch",
          "SELECT o_code, o_actual, o_first, o_last, o_next FROM keel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, "
          "$10) ORDER BY o_ord",
@@ -838,6 +851,11 @@ private:
     Status TryAppendBatch(std::span<AppendRequest* const> batch) {
         if (writer_ == nullptr) return Status::Unavailable("no connection to PostgreSQL");
         const int64_t now = std::max(NowMicros(), last_now_);
+        if (batch.size() == 1) {
+            auto fast = TryFastAppend(*batch[0], now);
+            if (!fast.ok()) return fast.status();
+            if (*fast) return Status::Ok();
+        }
         // A lone append calls keel_append, which has less to set up than keel_append_batch.
         auto r = batch.size() == 1 ? writer_->ExecPrepared("append", AppendParams(*batch[0], now))
                                    : writer_->ExecPrepared("append_batch", BatchParams(batch, now));
@@ -852,6 +870,31 @@ private:
             batch[i]->result = DecideAppend(*batch[i], r->get(), static_cast<int>(i), *writer_);
         }
         return Status::Ok();
+    }
+
+    // The append_fast statement for a lone append; false when it wrote nothing and keel_append has to decide.
+    Result<bool> TryFastAppend(AppendRequest& req, int64_t now) {
+        auto r = writer_->ExecPrepared("append_fast", AppendParams(req, now));
+        if (!r.ok()) {
+            if (r.status().code() == StatusCode::kAlreadyExists) return false;  // an event id is stored already
+            return r.status();
+        }
+        const int rows = PQntuples(r->get());
+        if (rows == 0) return false;
+        if (rows != static_cast<int>(req.events.size())) {
+            return Status::Internal(fmt::format("append_fast wrote {} rows for {} events", rows, req.events.size()));
+        }
+        AppendResult ok;
+        ok.first_position = std::numeric_limits<int64_t>::max();
+        ok.next_expected_version = -1;
+        for (int i = 0; i < rows; ++i) {
+            ok.first_position = std::min(ok.first_position, pg::GetInt8(r->get(), i, 0));
+            ok.last_position = std::max(ok.last_position, pg::GetInt8(r->get(), i, 0));
+            ok.next_expected_version = std::max(ok.next_expected_version, pg::GetInt8(r->get(), i, 1));
+        }
+        last_now_ = now;
+        req.result = ok;
+        return true;
     }
 
     // The stream's row, locked for this transaction (writer connection).

@@ -231,6 +231,62 @@ TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
     EXPECT_EQ(store_->GetStream("Fast-1").value().version, 5);
 }
 
+// Group-commit batches of appends to distinct live streams are one plain statement too: with both PL/pgSQL functions
+// made to fail, 8 writers on their own streams still append (in batches: fewer transactions than appends), and every
+// event lands at the next version of its stream.
+TEST_F(PostgresTest, BatchesToDistinctLiveStreamsSkipThePlpgsqlFunctions) {
+    constexpr int kWriters = 8;
+    constexpr int kAppends = 25;
+    for (int t = 0; t < kWriters; ++t) {
+        ASSERT_TRUE(store_->Append("Own-" + std::to_string(t), ExpectedVersion::NoStream(), {Event("Made")}).ok());
+    }
+    RawConn c(ServerUri());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.Exec("SET search_path TO " + schema_);
+    c.Exec("CREATE OR REPLACE FUNCTION keel_append(p_stream text, p_kind integer, p_expected bigint, p_ids uuid[], "
+           "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
+           "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
+           "RAISE EXCEPTION 'keel_append was called'; END $$");
+    c.Exec("CREATE OR REPLACE FUNCTION keel_append_batch(p_streams text[], p_kinds integer[], p_expected bigint[], "
+           "p_counts integer[], p_req integer[], p_ids uuid[], p_types text[], p_data bytea[], p_meta text[], "
+           "p_now bigint) RETURNS TABLE (o_ord integer, o_code integer, o_actual bigint, o_first bigint, "
+           "o_last bigint, o_next bigint) LANGUAGE plpgsql AS $$ BEGIN "
+           "RAISE EXCEPTION 'keel_append_batch was called'; END $$");
+
+    std::vector<std::string> errors(kWriters);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kWriters; ++t) {
+        threads.emplace_back([&, t] {
+            const std::string stream = "Own-" + std::to_string(t);
+            for (int64_t v = 0; v < kAppends; ++v) {
+                const int n = 1 + static_cast<int>(v % 3);
+                std::vector<EventData> events;
+                for (int i = 0; i < n; ++i) events.push_back(Event("E"));
+                auto r = store_->Append(stream, ExpectedVersion::Any(), events);
+                if (!r.ok()) {
+                    errors[t] = r.status().ToString();
+                    return;
+                }
+                if (r->last_position - r->first_position != n - 1) errors[t] = "positions not contiguous";
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    for (const auto& e : errors) EXPECT_EQ(e, "");
+    const std::string transactions =
+        c.Exec("SELECT count(DISTINCT transaction_id) FROM keel_events WHERE stream_version > 0");
+    EXPECT_LT(std::stoi(transactions), kWriters * kAppends)
+        << "no two appends shared a transaction: the batch statement was not exercised";
+    for (int t = 0; t < kWriters; ++t) {
+        auto events = store_->ReadStream("Own-" + std::to_string(t));
+        ASSERT_TRUE(events.ok()) << events.status().ToString();
+        size_t expected = 1;  // "Made", then 1, 2, 3, 1, 2, 3 … events per append
+        for (int v = 0; v < kAppends; ++v) expected += 1 + static_cast<size_t>(v % 3);
+        ASSERT_EQ(events->size(), expected);
+        for (size_t i = 0; i < events->size(); ++i) EXPECT_EQ((*events)[i].stream_version, static_cast<int64_t>(i));
+    }
+}
+
 // Two OS processes append to the same streams with exact expected versions: every conflict is detected and no
 // (stream, version) is written twice.
 TEST_F(PostgresTest, TwoProcessesWithExactVersionsNeverWriteAVersionTwice) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -115,6 +116,23 @@ std::vector<StmtDef> Statements() {
          "FROM s, unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[]) WITH ORDINALITY AS e(id, t, d, m, ord) "
          "ORDER BY e.ord RETURNING global_position, stream_version",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        // The same for a batch of appends to distinct streams (keel_append_batch's parameters, the requests sorted by
+        // stream id): the matching stream rows, found by index (`= ANY`, so in index order, which is also the
+        // order the rows are locked in), take their new versions and feed one INSERT of all their events.
+        {"append_fast_batch",
+         "WITH r AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int4[]) WITH ORDINALITY "
+         "AS r(stream, kind, expected, n, k)), "
+         "s AS (UPDATE keel_streams ks SET version = ks.version + r.n, updated_at = $10 FROM r "
+         "WHERE ks.stream_id = ANY($1::text[]) AND ks.stream_id = r.stream AND ks.state = 0 AND (r.kind = 0 OR "
+         "(r.kind = 1 AND ks.version < 0) OR (r.kind = 2 AND ks.version >= 0) OR (r.kind = 3 AND ks.version = "
+         "r.expected)) RETURNING ks.stream_id, ks.version, r.k, r.n), "
+         "e AS (SELECT e.*, row_number() OVER (PARTITION BY e.req ORDER BY e.ord) AS j FROM unnest($5::int4[], "
+         "$6::uuid[], $7::text[], $8::bytea[], $9::text[]) WITH ORDINALITY AS e(req, id, t, d, m, ord)) "
+         "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+         "SELECT e.id, s.stream_id, s.version - s.n + e.j, e.t, e.d, e.m, $10 FROM s JOIN e ON e.req = s.k "
+         "ORDER BY e.ord RETURNING global_position, stream_id, stream_version",
+         {kTextArrayOid, kInt4ArrayOid, kInt8ArrayOid, kInt4ArrayOid, kInt4ArrayOid, kUuidArrayOid, kTextArrayOid,
+          kByteaArrayOid, kTextArrayOid, kInt8Oid}},
         {"append_batch",
          "SELECT o_code, o_actual, o_first, o_last, o_next FROM keel_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, "
          "$10) ORDER BY o_ord",
@@ -553,12 +571,13 @@ public:
         std::lock_guard lock(write_mu_);
         const auto deadline = std::chrono::steady_clock::now() + kReconnectBudget;
         auto backoff = std::chrono::milliseconds(50);
+        std::vector<AppendRequest*> todo(batch.begin(), batch.end());  // the requests not decided yet
         for (;;) {
-            Status s = TryAppendBatch(batch);
+            Status s = TryAppendBatch(todo);
             if (s.ok()) return;
             const bool lost = writer_ == nullptr || pg::IsConnectionLost(writer_->get());
             if (!lost || std::chrono::steady_clock::now() >= deadline) {
-                for (AppendRequest* r : batch) {
+                for (AppendRequest* r : todo) {
                     r->result = lost ? s.WithContext("the connection to PostgreSQL was lost and did not come back; "
                                                      "the append's outcome is unknown, and retrying it with the "
                                                      "same event ids is safe")
@@ -845,17 +864,16 @@ public:
     }
 
 private:
-    // One attempt at a batch: one keel_append_batch call (keel_append for a batch of one) in its own transaction
-    // (autocommit), so one round trip and one commit. Returns non-OK only when the batch as a whole failed (every
-    // request's result is then left to the caller).
-    Status TryAppendBatch(std::span<AppendRequest* const> batch) {
+    // One attempt at the requests of `todo`, each transaction in autocommit: first the plain statement (one round
+    // trip and one commit for the usual batch), then one keel_append_batch call (keel_append for a batch of one) for
+    // the requests it did not take. Requests decided are removed from `todo`. Returns non-OK only when the requests
+    // left failed as a whole (their results are then left to the caller).
+    Status TryAppendBatch(std::vector<AppendRequest*>& todo) {
         if (writer_ == nullptr) return Status::Unavailable("no connection to PostgreSQL");
         const int64_t now = std::max(NowMicros(), last_now_);
-        if (batch.size() == 1) {
-            auto fast = TryFastAppend(*batch[0], now);
-            if (!fast.ok()) return fast.status();
-            if (*fast) return Status::Ok();
-        }
+        if (Status s = TryFastAppend(todo, now); !s.ok()) return s;
+        if (todo.empty()) return Status::Ok();
+        const std::span<AppendRequest* const> batch(todo);
         // A lone append calls keel_append, which has less to set up than keel_append_batch.
         auto r = batch.size() == 1 ? writer_->ExecPrepared("append", AppendParams(*batch[0], now))
                                    : writer_->ExecPrepared("append_batch", BatchParams(batch, now));
@@ -869,32 +887,57 @@ private:
         for (size_t i = 0; i < batch.size(); ++i) {
             batch[i]->result = DecideAppend(*batch[i], r->get(), static_cast<int>(i), *writer_);
         }
+        todo.clear();
         return Status::Ok();
     }
 
-    // The append_fast statement for a lone append; false when it wrote nothing and keel_append has to decide.
-    Result<bool> TryFastAppend(AppendRequest& req, int64_t now) {
-        auto r = writer_->ExecPrepared("append_fast", AppendParams(req, now));
-        if (!r.ok()) {
-            if (r.status().code() == StatusCode::kAlreadyExists) return false;  // an event id is stored already
-            return r.status();
+    // The plain statements (append_fast, append_fast_batch): the requests they appended are decided and removed
+    // from `todo`. One that failed wrote nothing (a statement is atomic): an event id stored already, a deadlock with
+    // another process — keel_append(_batch) then decides them all. Non-OK only when the connection was lost.
+    Status TryFastAppend(std::vector<AppendRequest*>& todo, int64_t now) {
+        std::vector<AppendRequest*> sorted(todo);
+        std::sort(sorted.begin(), sorted.end(),
+                  [](const AppendRequest* a, const AppendRequest* b) { return a->stream < b->stream; });
+        for (size_t i = 1; i < sorted.size(); ++i) {
+            if (sorted[i]->stream == sorted[i - 1]->stream) return Status::Ok();  // one stream twice: in order, below
         }
-        const int rows = PQntuples(r->get());
-        if (rows == 0) return false;
-        if (rows != static_cast<int>(req.events.size())) {
-            return Status::Internal(fmt::format("append_fast wrote {} rows for {} events", rows, req.events.size()));
-        }
-        AppendResult ok;
-        ok.first_position = std::numeric_limits<int64_t>::max();
-        ok.next_expected_version = -1;
-        for (int i = 0; i < rows; ++i) {
-            ok.first_position = std::min(ok.first_position, pg::GetInt8(r->get(), i, 0));
-            ok.last_position = std::max(ok.last_position, pg::GetInt8(r->get(), i, 0));
-            ok.next_expected_version = std::max(ok.next_expected_version, pg::GetInt8(r->get(), i, 1));
-        }
+        auto r = sorted.size() == 1 ? writer_->ExecPrepared("append_fast", AppendParams(*sorted[0], now))
+                                    : writer_->ExecPrepared("append_fast_batch", BatchParams(sorted, now));
+        if (!r.ok()) return pg::IsConnectionLost(writer_->get()) ? r.status() : Status::Ok();
+        const PGresult* x = r->get();
+        const int rows = PQntuples(x);
+        if (rows == 0) return Status::Ok();
         last_now_ = now;
-        req.result = ok;
-        return true;
+        // Rows of one stream belong to the one request for it.
+        std::map<std::string_view, std::pair<AppendResult, size_t>, std::less<>> written;
+        for (int i = 0; i < rows; ++i) {
+            const std::string_view stream = sorted.size() == 1 ? sorted[0]->stream : pg::GetBytes(x, i, 1);
+            const int64_t position = pg::GetInt8(x, i, 0);
+            const int64_t version = pg::GetInt8(x, i, sorted.size() == 1 ? 1 : 2);
+            auto [it, fresh] = written.try_emplace(stream);
+            AppendResult& a = it->second.first;
+            if (fresh) {
+                a.first_position = a.last_position = position;
+                a.next_expected_version = version;
+            }
+            a.first_position = std::min(a.first_position, position);
+            a.last_position = std::max(a.last_position, position);
+            a.next_expected_version = std::max(a.next_expected_version, version);
+            ++it->second.second;
+        }
+        std::erase_if(todo, [&](AppendRequest* req) {
+            auto it = written.find(req->stream);
+            if (it == written.end()) return false;
+            if (it->second.second == req->events.size()) {
+                req->result = it->second.first;
+            } else {
+                req->result = Status::Internal(fmt::format("stream '{}': the append statement wrote {} rows for {} "
+                                                           "events",
+                                                           req->stream, it->second.second, req->events.size()));
+            }
+            return true;
+        });
+        return Status::Ok();
     }
 
     // The stream's row, locked for this transaction (writer connection).

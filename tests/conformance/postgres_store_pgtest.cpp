@@ -189,11 +189,10 @@ TEST_F(PostgresTest, AppendBatchReadsOnlyItsOwnStreamRows) {
     EXPECT_EQ(store_->ReadStream("Fresh-20").value().size(), 1u);
 }
 
-// A lone append to a live stream whose expectation holds is one plain statement; keel_append (PL/pgSQL, as costly
-// as the insert itself) only decides the rest. Shown by making keel_append fail: the fast appends still go through,
-// a conflict and an idempotent re-send reach it.
+// A lone append to a live stream whose expectation holds, or that creates a stream, is one plain statement;
+// keel_append (PL/pgSQL, as costly as the insert itself) only decides the rest. Shown by making keel_append fail: the
+// fast appends still go through, conflicts and an idempotent re-send reach it.
 TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
-    ASSERT_TRUE(store_->Append("Fast-1", ExpectedVersion::NoStream(), {Event("Made")}).ok());
     RawConn c(ServerUri());
     ASSERT_TRUE(c.ok()) << c.error();
     c.Exec("SET search_path TO " + schema_);
@@ -201,6 +200,16 @@ TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
            "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
            "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
            "RAISE EXCEPTION 'keel_append was called'; END $$");
+
+    auto made = store_->Append("Fast-1", ExpectedVersion::NoStream(), {Event("Made")});
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    EXPECT_EQ(made->next_expected_version, 0);
+    auto pair = store_->Append("Fast-2", ExpectedVersion::Exact(-1), {Event("One"), Event("Two")});
+    ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+    EXPECT_EQ(pair->next_expected_version, 1);
+    auto twice = store_->Append("Fast-2", ExpectedVersion::NoStream(), {Event("Again")});
+    ASSERT_FALSE(twice.ok());
+    EXPECT_NE(twice.status().message().find("keel_append was called"), std::string::npos) << twice.status().ToString();
 
     auto exact = store_->Append("Fast-1", ExpectedVersion::Exact(0), {Event("Exact")});
     ASSERT_TRUE(exact.ok()) << exact.status().ToString();
@@ -229,17 +238,15 @@ TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
     for (const auto& e : *events) types.push_back(e.type + "@" + std::to_string(e.stream_version));
     EXPECT_EQ(types, (std::vector<std::string>{"Made@0", "Exact@1", "Any@2", "A@3", "Resent@4", "C@5"}));
     EXPECT_EQ(store_->GetStream("Fast-1").value().version, 5);
+    EXPECT_EQ(store_->GetStream("Fast-2").value().version, 1);
 }
 
-// Group-commit batches of appends to distinct live streams are one plain statement too: with both PL/pgSQL functions
-// made to fail, 8 writers on their own streams still append (in batches: fewer transactions than appends), and every
-// event lands at the next version of its stream.
+// Group-commit batches of appends to distinct streams (live, or created by the append) are one plain statement too:
+// with both PL/pgSQL functions made to fail, 8 writers create their own streams and append to them (in batches: fewer
+// transactions than appends), and every event lands at the next version of its stream.
 TEST_F(PostgresTest, BatchesToDistinctLiveStreamsSkipThePlpgsqlFunctions) {
     constexpr int kWriters = 8;
     constexpr int kAppends = 25;
-    for (int t = 0; t < kWriters; ++t) {
-        ASSERT_TRUE(store_->Append("Own-" + std::to_string(t), ExpectedVersion::NoStream(), {Event("Made")}).ok());
-    }
     RawConn c(ServerUri());
     ASSERT_TRUE(c.ok()) << c.error();
     c.Exec("SET search_path TO " + schema_);
@@ -258,6 +265,11 @@ TEST_F(PostgresTest, BatchesToDistinctLiveStreamsSkipThePlpgsqlFunctions) {
     for (int t = 0; t < kWriters; ++t) {
         threads.emplace_back([&, t] {
             const std::string stream = "Own-" + std::to_string(t);
+            auto made = store_->Append(stream, ExpectedVersion::NoStream(), {Event("Made")});
+            if (!made.ok()) {
+                errors[t] = made.status().ToString();
+                return;
+            }
             for (int64_t v = 0; v < kAppends; ++v) {
                 const int n = 1 + static_cast<int>(v % 3);
                 std::vector<EventData> events;

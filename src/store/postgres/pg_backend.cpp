@@ -116,16 +116,31 @@ std::vector<StmtDef> Statements() {
          "FROM s, unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[]) WITH ORDINALITY AS e(id, t, d, m, ord) "
          "ORDER BY e.ord RETURNING global_position, stream_version",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        // The same for a lone append that expects no stream: creates the stream's row (nothing when it exists).
+        {"append_fast_new",
+         "WITH s AS (INSERT INTO keel_streams (stream_id, version, state, updated_at) "
+         "VALUES ($1, cardinality($4::uuid[]) - 1, 0, $8) ON CONFLICT (stream_id) DO NOTHING RETURNING version) "
+         "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+         "SELECT e.id, $1, s.version - cardinality($4::uuid[]) + e.ord, e.t, e.d, e.m, $8 "
+         "FROM s, unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[]) WITH ORDINALITY AS e(id, t, d, m, ord) "
+         "ORDER BY e.ord RETURNING global_position, stream_version",
+         {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
         // The same for a batch of appends to distinct streams (keel_append_batch's parameters, the requests sorted by
         // stream id): the matching stream rows, found by index (`= ANY`, so in index order, which is also the
-        // order the rows are locked in), take their new versions and feed one INSERT of all their events.
+        // order the rows are locked in), take their new versions, the rows of streams expected not to exist are
+        // created, and both feed one INSERT of all their events.
         {"append_fast_batch",
          "WITH r AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int4[]) WITH ORDINALITY "
          "AS r(stream, kind, expected, n, k)), "
-         "s AS (UPDATE keel_streams ks SET version = ks.version + r.n, updated_at = $10 FROM r "
+         "u AS (UPDATE keel_streams ks SET version = ks.version + r.n, updated_at = $10 FROM r "
          "WHERE ks.stream_id = ANY($1::text[]) AND ks.stream_id = r.stream AND ks.state = 0 AND (r.kind = 0 OR "
          "(r.kind = 1 AND ks.version < 0) OR (r.kind = 2 AND ks.version >= 0) OR (r.kind = 3 AND ks.version = "
          "r.expected)) RETURNING ks.stream_id, ks.version, r.k, r.n), "
+         "c AS (INSERT INTO keel_streams (stream_id, version, state, updated_at) SELECT r.stream, r.n - 1, 0, $10 "
+         "FROM r WHERE r.kind = 1 OR (r.kind = 3 AND r.expected = -1) ORDER BY r.k "
+         "ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id, version), "
+         "s AS (SELECT * FROM u UNION ALL SELECT c.stream_id, c.version, r.k, r.n FROM c JOIN r ON r.stream = "
+         "c.stream_id), "
          "e AS (SELECT e.*, row_number() OVER (PARTITION BY e.req ORDER BY e.ord) AS j FROM unnest($5::int4[], "
          "$6::uuid[], $7::text[], $8::bytea[], $9::text[]) WITH ORDINALITY AS e(req, id, t, d, m, ord)) "
          "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
@@ -901,8 +916,13 @@ private:
         for (size_t i = 1; i < sorted.size(); ++i) {
             if (sorted[i]->stream == sorted[i - 1]->stream) return Status::Ok();  // one stream twice: in order, below
         }
-        auto r = sorted.size() == 1 ? writer_->ExecPrepared("append_fast", AppendParams(*sorted[0], now))
-                                    : writer_->ExecPrepared("append_fast_batch", BatchParams(sorted, now));
+        const auto lone = [&] {
+            const ExpectedVersion& e = sorted[0]->expected;
+            const bool create = e.kind() == ExpectedVersion::Kind::kNoStream ||
+                                (e.kind() == ExpectedVersion::Kind::kExact && e.version() == -1);
+            return writer_->ExecPrepared(create ? "append_fast_new" : "append_fast", AppendParams(*sorted[0], now));
+        };
+        auto r = sorted.size() == 1 ? lone() : writer_->ExecPrepared("append_fast_batch", BatchParams(sorted, now));
         if (!r.ok()) return pg::IsConnectionLost(writer_->get()) ? r.status() : Status::Ok();
         const PGresult* x = r->get();
         const int rows = PQntuples(x);

@@ -116,6 +116,14 @@ std::vector<StmtDef> Statements() {
          "FROM s, unnest($4::uuid[], $5::text[], $6::bytea[], $7::text[]) WITH ORDINALITY AS e(id, t, d, m, ord) "
          "ORDER BY e.ord RETURNING global_position, stream_version",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
+        // append_fast for one event, without arrays (the usual append).
+        {"append_fast_one",
+         "WITH s AS (UPDATE keel_streams SET version = version + 1, updated_at = $8 "
+         "WHERE stream_id = $1 AND state = 0 AND ($2 = 0 OR ($2 = 1 AND version < 0) OR ($2 = 2 AND version >= 0) "
+         "OR ($2 = 3 AND version = $3)) RETURNING version) "
+         "INSERT INTO keel_events (event_id, stream_id, stream_version, type, data, metadata, recorded_at) "
+         "SELECT $4, $1, s.version, $5, $6, $7, $8 FROM s RETURNING global_position, stream_version",
+         {kTextOid, kInt4Oid, kInt8Oid, kUuidOid, kTextOid, kByteaOid, kTextOid, kInt8Oid}},
         // The same for a lone append that expects no stream: creates the stream's row (nothing when it exists).
         {"append_fast_new",
          "WITH s AS (INSERT INTO keel_streams (stream_id, version, state, updated_at) "
@@ -126,14 +134,16 @@ std::vector<StmtDef> Statements() {
          "ORDER BY e.ord RETURNING global_position, stream_version",
          {kTextOid, kInt4Oid, kInt8Oid, kUuidArrayOid, kTextArrayOid, kByteaArrayOid, kTextArrayOid, kInt8Oid}},
         // The same for a batch of appends to distinct streams (keel_append_batch's parameters, the requests sorted by
-        // stream id): the matching stream rows, found by index (`= ANY`, so in index order, which is also the
-        // order the rows are locked in), take their new versions, the rows of streams expected not to exist are
-        // created, and both feed one INSERT of all their events.
+        // stream id): the matching stream rows, found by one index scan (`= ANY`, so in index order, which is also
+        // the order the rows are locked in; each row finds its request by array_position, which no index serves, so
+        // the scan is not repeated per request), take their new versions, the rows of streams expected not to exist
+        // are created, and both feed one INSERT of all their events.
         {"append_fast_batch",
          "WITH r AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int4[]) WITH ORDINALITY "
          "AS r(stream, kind, expected, n, k)), "
          "u AS (UPDATE keel_streams ks SET version = ks.version + r.n, updated_at = $10 FROM r "
-         "WHERE ks.stream_id = ANY($1::text[]) AND ks.stream_id = r.stream AND ks.state = 0 AND (r.kind = 0 OR "
+         "WHERE ks.stream_id = ANY($1::text[]) AND r.k = array_position($1::text[], ks.stream_id) AND ks.state = 0 "
+         "AND (r.kind = 0 OR "
          "(r.kind = 1 AND ks.version < 0) OR (r.kind = 2 AND ks.version >= 0) OR (r.kind = 3 AND ks.version = "
          "r.expected)) RETURNING ks.stream_id, ks.version, r.k, r.n), "
          "c AS (INSERT INTO keel_streams (stream_id, version, state, updated_at) SELECT r.stream, r.n - 1, 0, $10 "
@@ -219,6 +229,21 @@ Result<std::unique_ptr<Conn>> OpenPreparedConn(const PgConfig& cfg) {
     return conn;
 }
 
+// The writer's session: its prepared statements always run their generic plan (planning append_fast_batch anew for
+// every batch's arrays cost more than running it, and a custom plan's estimate can keep the plan cache choosing
+// custom plans for good), and with index paths only (a generic plan made while keel_streams was small must not scan
+// it all once it is large: docs/postgres.md, schema 4). Every statement the writer runs has an index path.
+Status SetUpWriter(Conn& conn) {
+    return conn.Exec("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off");
+}
+
+Result<std::unique_ptr<Conn>> OpenWriterConn(const PgConfig& cfg) {
+    auto conn = OpenPreparedConn(cfg);
+    if (!conn.ok()) return conn.status();
+    KEEL_RETURN_IF_ERROR(SetUpWriter(**conn));
+    return conn;
+}
+
 Status Migrate(Conn& conn, const PgConfig& cfg) {
     if (!cfg.schema.empty()) {
         char* ident = PQescapeIdentifier(conn.get(), cfg.schema.data(), cfg.schema.size());
@@ -271,6 +296,15 @@ int32_t KindCode(ExpectedVersion e) {
         case ExpectedVersion::Kind::kExact: return 3;
     }
     return 0;
+}
+
+// append_fast_one's parameters: AppendParams for a one-event append, without arrays.
+Params AppendOneParams(const AppendRequest& r, int64_t now) {
+    const EventData& e = r.events.front();
+    Params p;
+    p.Text(r.stream).Int4(KindCode(r.expected)).Int8(r.expected.version());
+    p.Uuid(e.event_id).Text(e.type).Bytea(e.data).Text(e.metadata).Int8(now);
+    return p;
 }
 
 Params AppendParams(const AppendRequest& r, int64_t now) {
@@ -606,7 +640,7 @@ public:
             readers_.Clear();
             std::this_thread::sleep_for(backoff);
             backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
-            auto conn = OpenPreparedConn(cfg_);
+            auto conn = OpenWriterConn(cfg_);
             if (conn.ok()) writer_ = std::move(*conn);
         }
     }
@@ -906,7 +940,7 @@ private:
         return Status::Ok();
     }
 
-    // The plain statements (append_fast, append_fast_batch): the requests they appended are decided and removed
+    // The plain statements (append_fast*): the requests they appended are decided and removed
     // from `todo`. One that failed wrote nothing (a statement is atomic): an event id stored already, a deadlock with
     // another process — keel_append(_batch) then decides them all. Non-OK only when the connection was lost.
     Status TryFastAppend(std::vector<AppendRequest*>& todo, int64_t now) {
@@ -920,6 +954,9 @@ private:
             const ExpectedVersion& e = sorted[0]->expected;
             const bool create = e.kind() == ExpectedVersion::Kind::kNoStream ||
                                 (e.kind() == ExpectedVersion::Kind::kExact && e.version() == -1);
+            if (!create && sorted[0]->events.size() == 1) {
+                return writer_->ExecPrepared("append_fast_one", AppendOneParams(*sorted[0], now));
+            }
             return writer_->ExecPrepared(create ? "append_fast_new" : "append_fast", AppendParams(*sorted[0], now));
         };
         auto r = sorted.size() == 1 ? lone() : writer_->ExecPrepared("append_fast_batch", BatchParams(sorted, now));
@@ -974,7 +1011,7 @@ private:
         std::lock_guard lock(write_mu_);
         for (int attempt = 0;; ++attempt) {
             if (writer_ == nullptr || pg::IsConnectionLost(writer_->get())) {
-                auto conn = OpenPreparedConn(cfg_);
+                auto conn = OpenWriterConn(cfg_);
                 if (!conn.ok()) return conn.status().WithContext(what);
                 writer_ = std::move(*conn);
             }
@@ -1035,6 +1072,7 @@ Result<std::unique_ptr<StoreBackend>> OpenPostgresBackend(const ParsedUri& uri, 
     if (!conn.ok()) return conn.status();
     KEEL_RETURN_IF_ERROR(Migrate(**conn, *cfg));
     KEEL_RETURN_IF_ERROR(PrepareAll(**conn));
+    KEEL_RETURN_IF_ERROR(SetUpWriter(**conn));
     return std::unique_ptr<StoreBackend>(std::make_unique<PostgresBackend>(std::move(*cfg), std::move(*conn)));
 }
 

@@ -9,6 +9,8 @@
 //   outbox/throughput/<broker>   N messages over 100 keys: first commit to last handled     target >= 0.7x raw
 //   raw/publish/local            local:'s own PublishBatch, window 100, N messages (one commit per window)
 //   raw/publish/rabbitmq         librabbitmq: basic.publish with 100 unconfirmed, persistent, counting basic.acks
+//   raw/publish+consume/rabbitmq the same with a raw consumer (prefetch 100, an ack per 100): the broker's own
+//                                end-to-end ceiling on this machine, for reference
 //   outbox/latency/<broker>      commits at a steady 500/s; commit-to-handler p50 / p99      target p99 < 20 ms (local:)
 //
 // The consumer checks the order of every key (a message out of order or handled twice fails the run). Both stores
@@ -380,7 +382,37 @@ void RawLocal(benchmark::State& state) {
 #ifdef KEEL_BENCH_WITH_RABBITMQ
 // librabbitmq directly: persistent basic.publish to the destination's exchange (routing key = the key) with up to 100
 // unconfirmed, reading basic.acks (multiple ones included) as they come. The group's queue is keel's (Declare).
-void RawRabbit(benchmark::State& state) {
+// A raw consumer of `queue` on its own connection: prefetch kWindow, one basic.ack (multiple) per kWindow
+// deliveries — the least work RabbitMQ can be given for delivering. Counts deliveries into `received`.
+void RawConsume(const keel::detail::rabbit::RabbitConfig& config, const std::string& queue, uint64_t total,
+                std::atomic<uint64_t>& received, std::string& error) {
+    namespace rb = keel::detail::rabbit;
+    try {
+        auto conn = rb::AmqpConn::Open(config, rb::Clock::now() + std::chrono::seconds(10), /*confirms=*/false);
+        if (!conn.ok()) throw std::runtime_error(conn.status().ToString());
+        amqp_connection_state_t c = (*conn)->get();
+        amqp_basic_qos(c, 1, 0, static_cast<uint16_t>(kWindow), 0);
+        amqp_basic_consume(c, 1, rb::Bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+        if (amqp_get_rpc_reply(c).reply_type != AMQP_RESPONSE_NORMAL) throw std::runtime_error("raw basic.consume");
+        uint64_t got = 0;
+        while (got < total) {
+            amqp_maybe_release_buffers(c);
+            amqp_envelope_t env;
+            timeval tv = rb::Remaining(rb::Clock::now() + std::chrono::seconds(30));
+            if (amqp_consume_message(c, &env, &tv, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+                throw std::runtime_error("raw: no delivery within 30 s");
+            }
+            ++got;
+            if (got % kWindow == 0 || got == total) amqp_basic_ack(c, 1, env.delivery_tag, /*multiple=*/1);
+            amqp_destroy_envelope(&env);
+            received.store(got);
+        }
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+}
+
+void RawRabbit(benchmark::State& state, bool consume) {
     namespace rb = keel::detail::rabbit;
     const int64_t n = g_config.throughput_messages;
     try {
@@ -400,6 +432,13 @@ void RawRabbit(benchmark::State& state) {
             auto conn = rb::AmqpConn::Open(*config, rb::Clock::now() + std::chrono::seconds(10), /*confirms=*/true);
             if (!conn.ok()) throw std::runtime_error(conn.status().ToString());
             amqp_connection_state_t c = (*conn)->get();
+            std::atomic<uint64_t> received{0};
+            std::string consume_error;
+            std::jthread consumer;  // joins on the way out, also when publishing fails
+            if (consume) {
+                consumer = std::jthread(RawConsume, std::cref(*config), rb::NamesFor(dest, "bench").queue,
+                                       static_cast<uint64_t>(n), std::ref(received), std::ref(consume_error));
+            }
             const auto t0 = Clock::now();
             uint64_t sent = 0, confirmed = 0;
             const auto total = static_cast<uint64_t>(n);
@@ -430,6 +469,8 @@ void RawRabbit(benchmark::State& state) {
                     throw std::runtime_error("raw: basic.nack");
                 }
             }
+            if (consume) consumer.join();
+            if (!consume_error.empty()) throw std::runtime_error(consume_error);
             state.SetIterationTime(std::chrono::duration<double>(Clock::now() - t0).count());
         }
         state.SetItemsProcessed(n * static_cast<int64_t>(state.iterations()));
@@ -505,10 +546,16 @@ int main(int argc, char** argv) {
         reporter.Case("outbox/throughput/rabbitmq", "commit -> relay -> RabbitMQ -> consumer + inbox, end to end");
         reporter.Case("raw/publish/rabbitmq", "librabbitmq, 100 unconfirmed, persistent");
         reporter.Ratio("outbox_throughput rabbitmq", "outbox/throughput/rabbitmq", "raw/publish/rabbitmq", 0.7);
+        reporter.Case("raw/publish+consume/rabbitmq",
+                      "the same publishes with a raw consumer on a second connection (prefetch 100, one ack per 100): "
+                      "what the broker alone can carry end to end here");
+        reporter.Ratio("outbox_throughput rabbitmq vs raw end to end", "outbox/throughput/rabbitmq",
+                       "raw/publish+consume/rabbitmq", std::nullopt);
         reporter.Case("outbox/latency/rabbitmq", "commit-to-handler p50 at 500/s", "ms", "p50_ms");
         reporter.Case("outbox/latency/rabbitmq", "commit-to-handler p99 at 500/s", "ms", "p99_ms");
         Register("outbox/throughput/rabbitmq", [](benchmark::State& s) { Throughput(s, Kind::kRabbit); });
-        Register("raw/publish/rabbitmq", RawRabbit);
+        Register("raw/publish/rabbitmq", [](benchmark::State& s) { RawRabbit(s, /*consume=*/false); });
+        Register("raw/publish+consume/rabbitmq", [](benchmark::State& s) { RawRabbit(s, /*consume=*/true); });
         Register("outbox/latency/rabbitmq", [](benchmark::State& s) { Latency(s, Kind::kRabbit); });
     }
 #endif

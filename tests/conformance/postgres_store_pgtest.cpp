@@ -189,6 +189,14 @@ TEST_F(PostgresTest, AppendBatchReadsOnlyItsOwnStreamRows) {
     EXPECT_EQ(store_->ReadStream("Fresh-20").value().size(), 1u);
 }
 
+// Replaces keel_append in the current schema of `c` by one that fails with "keel_append was called".
+void BreakKeelAppend(RawConn& c) {
+    c.Exec("CREATE OR REPLACE FUNCTION keel_append(p_stream text, p_kind integer, p_expected bigint, p_ids uuid[], "
+           "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
+           "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
+           "RAISE EXCEPTION 'keel_append was called'; END $$");
+}
+
 // A lone append to a live stream whose expectation holds, or that creates a stream, is one plain statement;
 // keel_append (PL/pgSQL, as costly as the insert itself) only decides the rest. Shown by making keel_append fail: the
 // fast appends still go through, conflicts and an idempotent re-send reach it.
@@ -196,10 +204,7 @@ TEST_F(PostgresTest, LoneAppendToALiveStreamSkipsThePlpgsqlFunction) {
     RawConn c(ServerUri());
     ASSERT_TRUE(c.ok()) << c.error();
     c.Exec("SET search_path TO " + schema_);
-    c.Exec("CREATE OR REPLACE FUNCTION keel_append(p_stream text, p_kind integer, p_expected bigint, p_ids uuid[], "
-           "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
-           "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
-           "RAISE EXCEPTION 'keel_append was called'; END $$");
+    BreakKeelAppend(c);
 
     auto made = store_->Append("Fast-1", ExpectedVersion::NoStream(), {Event("Made")});
     ASSERT_TRUE(made.ok()) << made.status().ToString();
@@ -250,10 +255,7 @@ TEST_F(PostgresTest, BatchesToDistinctLiveStreamsSkipThePlpgsqlFunctions) {
     RawConn c(ServerUri());
     ASSERT_TRUE(c.ok()) << c.error();
     c.Exec("SET search_path TO " + schema_);
-    c.Exec("CREATE OR REPLACE FUNCTION keel_append(p_stream text, p_kind integer, p_expected bigint, p_ids uuid[], "
-           "p_types text[], p_data bytea[], p_meta text[], p_now bigint, OUT code integer, OUT actual bigint, "
-           "OUT first_pos bigint, OUT last_pos bigint, OUT next_version bigint) LANGUAGE plpgsql AS $$ BEGIN "
-           "RAISE EXCEPTION 'keel_append was called'; END $$");
+    BreakKeelAppend(c);
     c.Exec("CREATE OR REPLACE FUNCTION keel_append_batch(p_streams text[], p_kinds integer[], p_expected bigint[], "
            "p_counts integer[], p_req integer[], p_ids uuid[], p_types text[], p_data bytea[], p_meta text[], "
            "p_now bigint) RETURNS TABLE (o_ord integer, o_code integer, o_actual bigint, o_first bigint, "

@@ -1,6 +1,6 @@
 // outbox: the transactional outbox end to end — units of work on an sqlite: store commit an event and an outbox row
-// each (4 producer threads in the throughput case, keys split among them; on sqlite: units of work take the write
-// lock in turn, they do not share commits), a Relay publishes the rows (PublishBatch, window 100), a Consumer with its
+// each (4 producer threads in the throughput case, keys split among them; on sqlite: units of work that wait for the
+// write lock share one commit, StoreOptions::max_units_per_commit), a Relay publishes the rows (PublishBatch, window 100), a Consumer with its
 // inbox (its own sqlite: database) handles the deliveries in batches of up to 100 per unit of work (max_batch) — on
 // `local:` and on RabbitMQ (KEEL_TEST_RABBITMQ; scripts/run-bench.sh starts the test server). Baseline in the same
 // run: a raw windowed confirmed-publish loop to the same broker. KEEL_BENCH_OUTBOX_PRODUCERS=1 KEEL_BENCH_OUTBOX_BATCH=1
